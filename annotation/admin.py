@@ -1,0 +1,134 @@
+"""Django admin: how admins manage campaigns, guidelines, users and exports for now.
+
+Votes, preferences, responses and assignments are records of what happened: read-only here.
+Guideline versions are immutable; editing the guideline on a campaign publishes a new version.
+"""
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.http import StreamingHttpResponse
+
+from annotation import selectors, services
+from annotation.models import (
+    Assignment,
+    Campaign,
+    Comparison,
+    GuidelineVersion,
+    ModelVersion,
+    Preference,
+    Prompt,
+    Response,
+    Vote,
+)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class CampaignForm(forms.ModelForm):
+    guideline = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 16, "cols": 100}),
+        help_text="Markdown. Saving a changed text publishes a new immutable version; votes keep the version they were cast under.",
+    )
+
+    class Meta:
+        model = Campaign
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            current = selectors.campaign_guideline(campaign=self.instance)
+            self.fields["guideline"].initial = current.text if current else ""
+
+
+class GuidelineInline(admin.TabularInline):
+    model = GuidelineVersion
+    fields = ("version", "created_by", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Campaign)
+class CampaignAdmin(admin.ModelAdmin):
+    form = CampaignForm
+    list_display = ("slug", "name", "is_active", "votes_per_pair", "gold_rate", "created_at")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [GuidelineInline]
+    actions = ["export_preferences"]
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        services.guideline_publish(campaign=form.instance, text=form.cleaned_data["guideline"], user=request.user)
+
+    @admin.action(description="Export preferences (TRL JSONL with metadata)", permissions=["export"])
+    def export_preferences(self, request, queryset):
+        campaign = queryset.first()
+        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=True)
+        response = StreamingHttpResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows), content_type="application/jsonl")
+        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
+        return response
+
+    def has_export_permission(self, request):
+        return request.user.has_perm("annotation.export_preferences")
+
+
+@admin.register(GuidelineVersion)
+class GuidelineVersionAdmin(ReadOnlyAdmin):
+    list_display = ("campaign", "version", "created_by", "created_at")
+    list_filter = ("campaign",)
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(admin.ModelAdmin):
+    list_display = ("name", "kind", "base", "parent", "created_at")
+
+
+@admin.register(Prompt)
+class PromptAdmin(ReadOnlyAdmin):
+    """Prompts come in through import (command or API), which validates and de-duplicates them."""
+
+    list_display = ("id", "campaign", "split", "tags", "created_at")
+    list_filter = ("campaign", "split")
+
+
+@admin.register(Response)
+class ResponseAdmin(ReadOnlyAdmin):
+    list_display = ("id", "prompt", "model_version", "source", "token_count", "created_at")
+    list_filter = ("source", "model_version")
+
+
+@admin.register(Comparison)
+class ComparisonAdmin(ReadOnlyAdmin):
+    list_display = ("id", "campaign", "kind", "status", "vote_count", "votes_required", "created_at")
+    list_filter = ("campaign", "kind", "status")
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ReadOnlyAdmin):
+    list_display = ("id", "comparison", "annotator", "state", "order", "leased_at", "expires_at")
+    list_filter = ("state",)
+
+
+@admin.register(Vote)
+class VoteAdmin(ReadOnlyAdmin):
+    list_display = ("id", "comparison", "annotator", "judge", "choice", "strength", "guideline_version", "seconds_spent", "created_at")
+    list_filter = ("comparison__campaign", "choice")
+
+
+@admin.register(Preference)
+class PreferenceAdmin(ReadOnlyAdmin):
+    list_display = ("id", "campaign", "source", "n_votes", "agreement", "margin", "created_at")
+    list_filter = ("campaign", "source")

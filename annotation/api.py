@@ -1,0 +1,332 @@
+"""REST API: thin views. Input serializers validate shapes; services do the work."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import generics, permissions, serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation import selectors, services
+from annotation.errors import InvalidInput
+from annotation.models import Assignment, Campaign, Choice, Strength, Vote
+from annotation.rendering import markdown_html
+
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024
+
+
+def perm(codename: str) -> type[permissions.BasePermission]:
+    """A permission class requiring one Django permission (roles.py maps roles to them)."""
+
+    class HasPerm(permissions.BasePermission):
+        message = f"You need the '{codename}' permission for this."
+
+        def has_permission(self, request, view):
+            return bool(request.user and request.user.is_authenticated and request.user.has_perm(codename))
+
+    HasPerm.__name__ = f"HasPerm_{codename.replace('.', '_')}"
+    return HasPerm
+
+
+def _campaign(slug: str, user) -> Campaign:
+    return get_object_or_404(selectors.campaigns_for_user(user=user), slug=slug)
+
+
+# ---------------------------------------------------------------- output shapes
+
+
+class GuidelineOut(serializers.Serializer):
+    version = serializers.IntegerField()
+    text = serializers.CharField()
+    html = serializers.CharField()
+
+
+class CampaignOut(serializers.Serializer):
+    slug = serializers.SlugField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    is_active = serializers.BooleanField()
+    votes_per_pair = serializers.IntegerField()
+    guideline = GuidelineOut(allow_null=True)
+
+
+def campaign_out(campaign: Campaign, *, with_guideline: bool = False) -> dict:
+    g = selectors.campaign_guideline(campaign=campaign) if with_guideline else None
+    return {
+        "slug": campaign.slug,
+        "name": campaign.name,
+        "description": campaign.description,
+        "is_active": campaign.is_active,
+        "votes_per_pair": campaign.votes_per_pair,
+        "guideline": {"version": g.version, "text": g.text, "html": markdown_html(g.text)} if g else None,
+    }
+
+
+class MessageOut(serializers.Serializer):
+    role = serializers.CharField()
+    content = serializers.CharField()
+    html = serializers.CharField()
+
+
+class ShownResponseOut(serializers.Serializer):
+    label = serializers.ChoiceField(choices=["A", "B"])
+    text = serializers.CharField()
+    html = serializers.CharField()
+
+
+class AssignmentOut(serializers.Serializer):
+    id = serializers.IntegerField()
+    expires_at = serializers.DateTimeField()
+    messages = MessageOut(many=True)
+    responses = ShownResponseOut(many=True)
+    guideline = GuidelineOut(allow_null=True)
+
+
+class ProgressOut(serializers.Serializer):
+    done = serializers.IntegerField()
+    skipped = serializers.IntegerField()
+    remaining = serializers.IntegerField()
+
+
+class NextOut(serializers.Serializer):
+    assignment = AssignmentOut(allow_null=True)
+    progress = ProgressOut()
+
+
+def assignment_out(assignment: Assignment) -> dict:
+    """What the annotator sees: prompt and the two responses in the order leased. Nothing about
+    gold status, other votes or which response is which model."""
+    c = assignment.comparison
+    left, right = (c.response_a, c.response_b) if assignment.order == Assignment.Order.AB else (c.response_b, c.response_a)
+    g = assignment.guideline_version
+    return {
+        "id": assignment.pk,
+        "expires_at": assignment.expires_at,
+        "messages": [{**m, "html": markdown_html(m["content"])} for m in c.prompt.messages],
+        "responses": [
+            {"label": label, "text": r.text, "html": markdown_html(r.text)} for label, r in (("A", left), ("B", right))
+        ],
+        "guideline": {"version": g.version, "text": g.text, "html": markdown_html(g.text)} if g else None,
+    }
+
+
+class VoteOut(serializers.ModelSerializer):
+    campaign = serializers.CharField(source="comparison.campaign.slug")
+    annotator = serializers.CharField(source="annotator.username", allow_null=True)
+    guideline_version = serializers.IntegerField(source="guideline_version.version", allow_null=True)
+
+    class Meta:
+        model = Vote
+        fields = [
+            "id", "campaign", "comparison", "annotator", "judge", "choice", "strength", "rationale",
+            "guideline_version", "order_shown", "seconds_spent", "created_at",
+        ]
+
+
+class ImportReportOut(serializers.Serializer):
+    lines = serializers.IntegerField()
+    created = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    written = serializers.BooleanField()
+    errors = inline_serializer("ImportError", {"line": serializers.IntegerField(), "reason": serializers.CharField()}, many=True)
+
+
+# ---------------------------------------------------------------- views
+
+
+class CampaignListApi(APIView):
+    @extend_schema(responses=CampaignOut(many=True), summary="Campaigns you can see")
+    def get(self, request):
+        return Response([campaign_out(c) for c in selectors.campaigns_for_user(user=request.user)])
+
+
+class CampaignDetailApi(APIView):
+    @extend_schema(responses=CampaignOut, summary="One campaign with its current guideline")
+    def get(self, request, slug: str):
+        return Response(campaign_out(_campaign(slug, request.user), with_guideline=True))
+
+
+class NextComparisonApi(APIView):
+    permission_classes = [perm("annotation.annotate")]
+
+    @extend_schema(
+        request=None,
+        responses=NextOut,
+        summary="Lease the next comparison",
+        description="Returns the comparison leased to you (the same one until you vote, skip or the "
+        "lease expires), or `assignment: null` when nothing is left for you.",
+    )
+    def post(self, request, slug: str):
+        campaign = _campaign(slug, request.user)
+        assignment = services.assignment_next(campaign=campaign, annotator=request.user)
+        return Response(
+            {
+                "assignment": assignment_out(assignment) if assignment else None,
+                "progress": selectors.annotator_progress(campaign=campaign, annotator=request.user),
+            }
+        )
+
+
+class VoteIn(serializers.Serializer):
+    choice = serializers.ChoiceField(choices=Choice.choices, help_text="In shown terms: a = the left / first response.")
+    strength = serializers.ChoiceField(choices=Strength.choices, required=False, allow_blank=True, default="")
+    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000, trim_whitespace=True)
+    seconds_spent = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=86400)
+
+
+class VoteSubmitOut(serializers.Serializer):
+    vote_id = serializers.IntegerField()
+    created = serializers.BooleanField()
+    detail = serializers.CharField()
+
+
+class VoteSubmitApi(APIView):
+    permission_classes = [perm("annotation.annotate")]
+
+    @extend_schema(
+        request=VoteIn,
+        responses={201: VoteSubmitOut, 200: VoteSubmitOut},
+        summary="Vote on a leased comparison",
+        description="Idempotent: submitting the same vote again answers 200 with created=false.",
+    )
+    def post(self, request, assignment_id: int):
+        data = VoteIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        result = services.vote_submit(annotator=request.user, assignment_id=assignment_id, **data.validated_data)
+        detail = "Vote recorded." if result.created else "This vote was already recorded; nothing changed."
+        return Response(
+            {"vote_id": result.vote.pk, "created": result.created, "detail": detail},
+            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
+        )
+
+
+class SkipIn(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class SkipApi(APIView):
+    permission_classes = [perm("annotation.annotate")]
+
+    @extend_schema(request=SkipIn, responses={200: OpenApiResponse(description="Skipped")}, summary="Skip a leased comparison")
+    def post(self, request, assignment_id: int):
+        data = SkipIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.assignment_skip(annotator=request.user, assignment_id=assignment_id, reason=data.validated_data["reason"])
+        return Response({"detail": "Skipped."})
+
+
+class VoteListApi(generics.ListAPIView):
+    serializer_class = VoteOut
+
+    @extend_schema(
+        parameters=[OpenApiParameter("campaign", str, description="Campaign slug")],
+        summary="Votes: your own, or a campaign's if you are a reviewer",
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        campaign = None
+        if slug := self.request.query_params.get("campaign"):
+            campaign = _campaign(slug, self.request.user)
+        return selectors.votes_visible_to(user=self.request.user, campaign=campaign)
+
+
+class PreferenceExportApi(APIView):
+    permission_classes = [perm("annotation.export_preferences")]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("with_meta", bool, description="Add source, votes, agreement, margin, rationales, models")],
+        responses={(200, "application/jsonl"): OpenApiTypes.STR},
+        summary="Export preferences as TRL JSONL (streamed)",
+    )
+    def get(self, request, slug: str):
+        campaign = _campaign(slug, request.user)
+        with_meta = request.query_params.get("with_meta", "").lower() in ("1", "true", "yes")
+        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta)
+        response = StreamingHttpResponse(
+            (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/jsonl"
+        )
+        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
+        return response
+
+
+class ImportIn(serializers.Serializer):
+    file = serializers.FileField()
+    strict = serializers.BooleanField(required=False, default=False)
+
+
+class PreferenceImportIn(ImportIn):
+    format = serializers.ChoiceField(choices=["trl", "hh"])
+
+
+def uploaded_lines(upload) -> list[tuple[int, str]]:
+    """Numbered lines of an uploaded UTF-8 text file."""
+    if upload.size > MAX_UPLOAD_BYTES:
+        raise InvalidInput(f"The file is too large ({upload.size} bytes, limit {MAX_UPLOAD_BYTES}).")
+    try:
+        text = upload.read().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"The file is not UTF-8 text (byte {exc.start}).") from None
+    return list(enumerate(text.splitlines(), start=1))
+
+
+def csv_rows(lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
+    reader = csv.DictReader(io.StringIO("\n".join(text for _, text in lines)))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise InvalidInput("A CSV prompt file needs a 'prompt' column.")
+    return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
+
+
+class PromptImportApi(APIView):
+    permission_classes = [perm("annotation.add_prompt")]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request=ImportIn, responses=ImportReportOut, summary="Import prompts (JSONL or CSV)")
+    def post(self, request, slug: str):
+        campaign = _campaign(slug, request.user)
+        data = ImportIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        upload = data.validated_data["file"]
+        lines = uploaded_lines(upload)
+        if upload.name.lower().endswith(".csv"):
+            report = services.prompts_import(campaign=campaign, rows=csv_rows(lines), strict=data.validated_data["strict"])
+        else:
+            report = services.prompts_import(campaign=campaign, lines=lines, strict=data.validated_data["strict"])
+        return _report_response(report)
+
+
+class PreferenceImportApi(APIView):
+    permission_classes = [perm("annotation.add_preference")]
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request=PreferenceImportIn, responses=ImportReportOut, summary="Import preferences (TRL or HH JSONL)")
+    def post(self, request, slug: str):
+        campaign = _campaign(slug, request.user)
+        data = PreferenceImportIn(data=request.data)
+        data.is_valid(raise_exception=True)
+        report = services.preferences_import(
+            campaign=campaign,
+            lines=uploaded_lines(data.validated_data["file"]),
+            fmt=data.validated_data["format"],
+            strict=data.validated_data["strict"],
+        )
+        return _report_response(report)
+
+
+def _report_response(report) -> Response:
+    if not report.written:  # --strict with bad lines: nothing written, say why
+        return Response(
+            {"error": {"code": "invalid_file", "message": f"{len(report.errors)} bad line(s); nothing was imported.", "details": report.as_dict()}},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    return Response(report.as_dict(), status=status.HTTP_201_CREATED if report.created else status.HTTP_200_OK)
+

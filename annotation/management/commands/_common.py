@@ -1,0 +1,35 @@
+"""Shared bits of the import/export commands: campaign lookup, numbered lines, the report."""
+
+from pathlib import Path
+
+from django.core.management.base import CommandError
+
+from annotation.models import Campaign
+
+
+def campaign_or_error(slug: str) -> Campaign:
+    try:
+        return Campaign.objects.get(slug=slug)
+    except Campaign.DoesNotExist:
+        known = ", ".join(Campaign.objects.values_list("slug", flat=True)[:20]) or "none"
+        raise CommandError(f"No campaign '{slug}' (known: {known}).") from None
+
+
+def numbered_lines(path: str) -> list[tuple[int, str]]:
+    p = Path(path)
+    if not p.is_file():
+        raise CommandError(f"{path}: no such file")
+    try:
+        with p.open(encoding="utf-8-sig") as f:
+            return [(i, line.rstrip("\n")) for i, line in enumerate(f, start=1)]
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def print_report(command, report, *, what: str, path: str, strict: bool) -> None:
+    for number, reason in report.errors:
+        command.stderr.write(f"{path}:{number}: {reason}")
+    if not report.written:
+        raise CommandError(f"{len(report.errors)} bad line(s) of {report.lines}; --strict: nothing was imported.")
+    summary = f"{report.created} {what} imported, {report.duplicates} already present, {len(report.errors)} bad line(s) skipped ({report.lines} lines read)."
+    command.stdout.write(command.style.SUCCESS(summary) if not report.errors else command.style.WARNING(summary))

@@ -1,0 +1,48 @@
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from annotation.management.commands._common import campaign_or_error
+from annotation.selectors import preferences_export_rows
+
+
+class Command(BaseCommand):
+    help = "Export a campaign's preferences as conversational TRL JSONL (DPOTrainer / datasets read it as is)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--campaign", required=True, help="campaign slug")
+        parser.add_argument("--format", default="trl", choices=["trl"], dest="fmt")
+        parser.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
+        parser.add_argument("--with-meta", action="store_true", help="add source, votes, agreement, margin, rationales, models")
+
+    def handle(self, *args, campaign, fmt, output, with_meta, **options):
+        camp = campaign_or_error(campaign)
+        rows = preferences_export_rows(campaign=camp, with_meta=with_meta)
+        if output == "-":
+            n = self._write(rows, sys.stdout)
+        else:
+            out = Path(output)
+            if not out.parent.is_dir():
+                raise CommandError(f"{out.parent}: no such directory")
+            # Write to a temporary file and rename: a failed export never leaves half a file.
+            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    n = self._write(rows, f)
+                os.replace(tmp, out)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+            self.stderr.write(self.style.SUCCESS(f"{n} preference(s) written to {out}"))
+
+    @staticmethod
+    def _write(rows, f) -> int:
+        n = 0
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+        return n

@@ -1,0 +1,273 @@
+"""Prefloop's data model (DESIGN.md). Integrity lives here, in constraints; logic lives in services."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+
+class Choice(models.TextChoices):
+    A = "a", "A better"
+    B = "b", "B better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class Strength(models.TextChoices):
+    SLIGHTLY = "slightly", "Slightly"
+    MUCH = "much", "Much"
+
+
+class ModelVersion(models.Model):
+    """A policy or reward model: where it came from and where its weights are."""
+
+    class Kind(models.TextChoices):
+        POLICY = "policy"
+        REWARD = "reward"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
+    base = models.CharField(max_length=500, help_text="Hugging Face id, local path or embedded spec.")
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    artifact_path = models.CharField(max_length=1000, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self):
+        return self.name
+
+
+class Campaign(models.Model):
+    """A collection effort: what is compared, by whom, how often, under which guideline."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    policy = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns")
+    sampling_params = models.JSONField(default=dict, blank=True)
+    votes_per_pair = models.PositiveSmallIntegerField(default=3)
+    gold_rate = models.FloatField(default=0.0, help_text="Fraction of hand-outs that are gold comparisons.")
+    lease_minutes = models.PositiveSmallIntegerField(default=15)
+    buffer_size = models.PositiveIntegerField(default=20)
+    judge_settings = models.JSONField(default=dict, blank=True)
+    retrain_policy = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_votes_per_pair_gte_1"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="campaign_gold_rate_0_1"),
+            models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="campaign_lease_minutes_gte_1"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+
+class GuidelineVersion(models.Model):
+    """Immutable guideline text; editing a guideline creates the next version."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="guidelines")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "version"], name="guideline_unique_version")]
+        ordering = ["campaign", "-version"]
+
+    def __str__(self):
+        return f"{self.campaign.slug} v{self.version}"
+
+
+class Prompt(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train"
+        EVAL = "eval"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text="Chat turns: a list of {role, content}.")
+    # sha256 of the canonical JSON of `messages`: importing the same prompt twice is a no-op.
+    messages_hash = models.CharField(max_length=64)
+    tags = models.JSONField(default=list, blank=True)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "messages_hash"], name="prompt_unique_per_campaign")]
+
+    def __str__(self):
+        return f"prompt {self.pk}"
+
+
+class Response(models.Model):
+    class Source(models.TextChoices):
+        POLICY = "policy"
+        IMPORT = "import"
+        HUMAN = "human"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="responses")
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.POLICY)
+    text = models.TextField()
+    text_hash = models.CharField(max_length=64)
+    sampling_params = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    token_count = models.PositiveIntegerField(null=True, blank=True)
+    logprob_sum = models.FloatField(null=True, blank=True, help_text="Sum of token log-probs under the sampling policy.")
+    finish_reason = models.CharField(max_length=16, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Imported / human-written texts are stored once per prompt.
+            models.UniqueConstraint(
+                fields=["prompt", "text_hash"],
+                condition=Q(model_version__isnull=True),
+                name="response_unique_text_without_model",
+            ),
+        ]
+
+    def __str__(self):
+        return f"response {self.pk}"
+
+
+class Comparison(models.Model):
+    class Kind(models.TextChoices):
+        NORMAL = "normal"
+        GOLD = "gold"
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        COMPLETE = "complete"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="comparisons")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
+    response_a = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
+    response_b = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.NORMAL)
+    gold_answer = models.CharField(max_length=8, choices=Choice.choices, blank=True)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.OPEN)
+    # Copied from the campaign when created, so that the check constraint below can hold it.
+    votes_required = models.PositiveSmallIntegerField()
+    vote_count = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=~Q(response_a=F("response_b")), name="comparison_distinct_responses"),
+            # The overlap guarantee, enforced by the database itself (gold items are answered by everyone).
+            models.CheckConstraint(
+                condition=Q(kind="gold") | Q(vote_count__lte=F("votes_required")),
+                name="comparison_votes_within_required",
+            ),
+            models.CheckConstraint(
+                condition=Q(kind="normal", gold_answer="") | (Q(kind="gold") & ~Q(gold_answer="")),
+                name="comparison_gold_has_answer",
+            ),
+            models.UniqueConstraint(fields=["campaign", "response_a", "response_b"], name="comparison_unique_pair"),
+        ]
+        indexes = [models.Index(fields=["campaign", "status", "kind", "vote_count"])]
+
+    def __str__(self):
+        return f"comparison {self.pk}"
+
+
+class Assignment(models.Model):
+    """A lease of one comparison to one annotator, with the left/right order shown."""
+
+    class Order(models.TextChoices):
+        AB = "ab", "A left"
+        BA = "ba", "B left"
+
+    class State(models.TextChoices):
+        ACTIVE = "active"
+        DONE = "done"
+        SKIPPED = "skipped"
+        EXPIRED = "expired"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    order = models.CharField(max_length=2, choices=Order.choices)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.ACTIVE)
+    guideline_version = models.ForeignKey(GuidelineVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    leased_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    skip_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        constraints = [
+            # A comparison never goes to the same annotator twice.
+            models.UniqueConstraint(fields=["comparison", "annotator"], name="assignment_unique_per_annotator"),
+            models.CheckConstraint(condition=Q(expires_at__gt=F("leased_at")), name="assignment_expiry_after_lease"),
+        ]
+        indexes = [models.Index(fields=["comparison", "state", "expires_at"])]
+
+
+class Vote(models.Model):
+    """One judgement of a comparison, by an annotator or an AI judge. `choice` is in A/B terms."""
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="votes")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="votes")
+    judge = models.CharField(max_length=200, blank=True, help_text="AI judge name, when no annotator.")
+    assignment = models.OneToOneField(Assignment, null=True, blank=True, on_delete=models.PROTECT, related_name="vote")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    strength = models.CharField(max_length=8, choices=Strength.choices, blank=True)
+    rationale = models.TextField(blank=True)
+    guideline_version = models.ForeignKey(GuidelineVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="votes")
+    order_shown = models.CharField(max_length=2, choices=Assignment.Order.choices, blank=True)
+    seconds_spent = models.FloatField(null=True, blank=True)
+    is_gold_correct = models.BooleanField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], condition=Q(annotator__isnull=False), name="vote_unique_annotator"
+            ),
+            models.UniqueConstraint(fields=["comparison", "judge"], condition=~Q(judge=""), name="vote_unique_judge"),
+            models.CheckConstraint(
+                condition=(Q(annotator__isnull=False) & Q(judge="")) | (Q(annotator__isnull=True) & ~Q(judge="")),
+                name="vote_annotator_xor_judge",
+            ),
+            models.CheckConstraint(
+                condition=Q(seconds_spent__isnull=True) | Q(seconds_spent__gte=0), name="vote_seconds_non_negative"
+            ),
+        ]
+        permissions = [
+            ("annotate", "Can annotate comparisons"),
+            ("review_votes", "Can see every vote of a campaign"),
+        ]
+
+
+class Preference(models.Model):
+    """The (x, y_w, y_l) tuple derived from a completed comparison, or imported."""
+
+    class Source(models.TextChoices):
+        HUMAN = "human"
+        AI = "ai"
+        IMPORT = "import"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="preferences")
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="preferences")
+    chosen = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
+    rejected = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
+    comparison = models.OneToOneField(Comparison, null=True, blank=True, on_delete=models.SET_NULL, related_name="preference")
+    source = models.CharField(max_length=8, choices=Source.choices)
+    n_votes = models.PositiveSmallIntegerField(default=0)
+    n_chosen = models.PositiveSmallIntegerField(default=0)
+    n_rejected = models.PositiveSmallIntegerField(default=0)
+    n_tie = models.PositiveSmallIntegerField(default=0)
+    n_both_bad = models.PositiveSmallIntegerField(default=0)
+    agreement = models.FloatField(null=True, blank=True, help_text="Votes for the chosen response / all votes.")
+    margin = models.FloatField(null=True, blank=True, help_text="(chosen votes - rejected votes) / all votes.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chosen", "rejected"], name="preference_unique_pair"),
+            models.CheckConstraint(condition=~Q(chosen=F("rejected")), name="preference_distinct_responses"),
+        ]
+        permissions = [("export_preferences", "Can export preferences")]

@@ -1,0 +1,93 @@
+"""Every read of the annotation app that is more than a one-line ORM call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+
+from annotation.models import Assignment, Campaign, Comparison, GuidelineVersion, Preference, Vote
+from training.formats import trl_row
+
+
+def campaign_guideline(*, campaign: Campaign) -> GuidelineVersion | None:
+    return campaign.guidelines.order_by("-version").first()
+
+
+def campaigns_for_user(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
+    qs = Campaign.objects.order_by("slug")
+    if not user.has_perm("annotation.change_campaign"):
+        qs = qs.filter(is_active=True)
+    return qs
+
+
+def comparisons_open_to(
+    *, campaign: Campaign, annotator: AbstractBaseUser, kind: str = Comparison.Kind.NORMAL, now=None
+) -> QuerySet[Comparison]:
+    """Open comparisons this annotator has never been given that still have a free slot
+    (votes + live leases below ``votes_required``; gold items have no cap)."""
+    now = now or timezone.now()
+    qs = Comparison.objects.filter(campaign=campaign, status=Comparison.Status.OPEN, kind=kind).exclude(
+        Exists(Assignment.objects.filter(comparison=OuterRef("pk"), annotator=annotator))
+    )
+    if kind == Comparison.Kind.NORMAL:
+        live = (
+            Assignment.objects.filter(comparison=OuterRef("pk"), state=Assignment.State.ACTIVE, expires_at__gt=now)
+            .order_by()
+            .values("comparison")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        qs = qs.alias(live=Coalesce(Subquery(live), 0)).filter(vote_count__lt=F("votes_required") - F("live"))
+    return qs
+
+
+def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> dict:
+    """Done / skipped by this annotator, and how many comparisons are still open to them."""
+    counts = Assignment.objects.filter(annotator=annotator, comparison__campaign=campaign).aggregate(
+        done=Count("pk", filter=Q(state=Assignment.State.DONE)),
+        skipped=Count("pk", filter=Q(state=Assignment.State.SKIPPED)),
+    )
+    remaining = comparisons_open_to(campaign=campaign, annotator=annotator).count()
+    return {"done": counts["done"], "skipped": counts["skipped"], "remaining": remaining}
+
+
+def votes_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[Vote]:
+    """Annotators see their own votes; reviewers (annotation.review_votes) see everyone's."""
+    qs = Vote.objects.select_related("comparison__campaign", "annotator", "guideline_version").order_by("-created_at")
+    if campaign is not None:
+        qs = qs.filter(comparison__campaign=campaign)
+    if not user.has_perm("annotation.review_votes"):
+        qs = qs.filter(annotator=user)
+    return qs
+
+
+def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False) -> Iterator[dict]:
+    """Conversational TRL rows (prompt / chosen / rejected), streamed in primary-key order."""
+    qs = Preference.objects.filter(campaign=campaign).order_by("pk").select_related(
+        "prompt", "chosen__model_version", "rejected__model_version"
+    )
+    if with_meta:
+        qs = qs.prefetch_related(
+            Prefetch("comparison__votes", queryset=Vote.objects.exclude(rationale="").order_by("pk"), to_attr="with_rationale")
+        )
+    for pref in qs.iterator(chunk_size=500):
+        meta = None
+        if with_meta:
+            comparison = pref.comparison
+            meta = {
+                "preference_id": pref.pk,
+                "source": pref.source,
+                "votes": pref.n_votes,
+                "agreement": pref.agreement,
+                "margin": pref.margin,
+                "rationales": [v.rationale for v in comparison.with_rationale] if comparison else [],
+                "chosen_model": pref.chosen.model_version.name if pref.chosen.model_version else None,
+                "rejected_model": pref.rejected.model_version.name if pref.rejected.model_version else None,
+                "split": pref.prompt.split,
+                "tags": pref.prompt.tags,
+            }
+        yield trl_row(pref.prompt.messages, pref.chosen.text, pref.rejected.text, meta)

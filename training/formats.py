@@ -1,0 +1,208 @@
+"""Preference and prompt formats: parsing, validation and the TRL export row. Torch-free.
+
+Formats read:
+- TRL preference rows (https://huggingface.co/docs/trl/dataset_formats): standard
+  (``prompt``/``chosen``/``rejected`` strings), conversational (message lists, ``chosen`` and
+  ``rejected`` usually one assistant turn) and implicit-prompt (no ``prompt``; ``chosen`` and
+  ``rejected`` are whole conversations sharing all turns but the last).
+- Anthropic HH-RLHF (Bai et al. 2022): ``chosen``/``rejected`` whole dialogues written as
+  ``\\n\\nHuman: ...\\n\\nAssistant: ...``; the shared turns are the prompt, the last assistant
+  turns are the responses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+DEFAULT_MAX_TEXT_CHARS = 100_000
+
+
+class FormatError(ValueError):
+    """A row that cannot be read; the message is the reason shown to the user."""
+
+
+@dataclass(frozen=True)
+class PreferenceRecord:
+    prompt: list[dict]  # chat turns before the responses
+    chosen: str
+    rejected: str
+
+
+def _check_text(value, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise FormatError(f"{what} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise FormatError(f"{what} is empty")
+    if len(value) > max_chars:
+        raise FormatError(f"{what} is too long ({len(value)} characters, limit {max_chars})")
+    return value
+
+
+def validate_messages(value, *, what: str = "messages", max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
+    """Return ``value`` as a clean list of ``{role, content}`` turns or raise FormatError."""
+    if not isinstance(value, list) or not value:
+        raise FormatError(f"{what} must be a non-empty list of {{role, content}} objects")
+    out = []
+    for i, turn in enumerate(value):
+        if not isinstance(turn, dict):
+            raise FormatError(f"{what}[{i}] must be an object with role and content")
+        extra = set(turn) - {"role", "content"}
+        if extra:
+            raise FormatError(f"{what}[{i}] has unknown keys: {', '.join(sorted(extra))}")
+        role = turn.get("role")
+        if role not in ROLES:
+            raise FormatError(f"{what}[{i}].role must be one of {', '.join(ROLES)}, got {role!r}")
+        out.append({"role": role, "content": _check_text(turn.get("content"), f"{what}[{i}].content", max_chars)})
+    return out
+
+
+def messages_hash(messages: list[dict]) -> str:
+    """sha256 of the canonical JSON of a message list (the prompt's identity)."""
+    canonical = json.dumps(messages, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def parse_json_line(line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(row, dict):
+        raise FormatError(f"expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def prompt_from_row(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
+    """A prompt import row: ``prompt`` (text of one user turn) or ``messages`` (chat turns)."""
+    if "messages" in row and "prompt" in row:
+        raise FormatError("give either 'prompt' or 'messages', not both")
+    if "messages" in row:
+        messages = validate_messages(row["messages"], max_chars=max_chars)
+    elif "prompt" in row:
+        messages = [{"role": "user", "content": _check_text(row["prompt"], "prompt", max_chars)}]
+    else:
+        raise FormatError("missing 'prompt' (text) or 'messages' (list of turns)")
+    if messages[-1]["role"] == "assistant":
+        raise FormatError("the last turn of a prompt must not be an assistant turn")
+    return messages
+
+
+def _split_last_assistant(messages: list[dict], what: str) -> tuple[list[dict], str]:
+    if messages[-1]["role"] != "assistant":
+        raise FormatError(f"{what} must end with an assistant turn")
+    if len(messages) < 2:
+        raise FormatError(f"{what} has no prompt turns before the assistant turn")
+    return messages[:-1], messages[-1]["content"]
+
+
+def _first_difference(a: list[dict], b: list[dict]) -> int:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+def _shared_prompt(chosen: list[dict], rejected: list[dict]) -> PreferenceRecord:
+    prompt_c, text_c = _split_last_assistant(chosen, "chosen")
+    prompt_r, text_r = _split_last_assistant(rejected, "rejected")
+    if prompt_c != prompt_r:
+        turn = _first_difference(prompt_c, prompt_r)
+        raise FormatError(
+            f"chosen and rejected do not share the prompt: they differ at turn {turn + 1} "
+            f"({len(prompt_c)} vs {len(prompt_r)} prompt turns)"
+        )
+    return _record(prompt_c, text_c, text_r)
+
+
+def _record(prompt: list[dict], chosen: str, rejected: str) -> PreferenceRecord:
+    if prompt[-1]["role"] == "assistant":
+        raise FormatError("the last prompt turn must not be an assistant turn")
+    if chosen == rejected:
+        raise FormatError("chosen and rejected responses are identical")
+    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected)
+
+
+def trl_preference(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> PreferenceRecord:
+    """Read one TRL preference row (standard, conversational or implicit-prompt)."""
+    missing = [k for k in ("chosen", "rejected") if k not in row]
+    if missing:
+        raise FormatError(f"missing key(s): {', '.join(missing)}")
+    chosen, rejected = row["chosen"], row["rejected"]
+    if "prompt" not in row:  # implicit prompt: whole conversations
+        return _shared_prompt(
+            validate_messages(chosen, what="chosen", max_chars=max_chars),
+            validate_messages(rejected, what="rejected", max_chars=max_chars),
+        )
+    prompt = row["prompt"]
+    if isinstance(prompt, str):
+        prompt_msgs = [{"role": "user", "content": _check_text(prompt, "prompt", max_chars)}]
+    else:
+        prompt_msgs = validate_messages(prompt, what="prompt", max_chars=max_chars)
+
+    def response(value, what):
+        if isinstance(value, str):
+            return _check_text(value, what, max_chars)
+        msgs = validate_messages(value, what=what, max_chars=max_chars)
+        if len(msgs) != 1 or msgs[0]["role"] != "assistant":
+            raise FormatError(f"{what} must be one assistant turn when a prompt is given")
+        return msgs[0]["content"]
+
+    return _record(prompt_msgs, response(chosen, "chosen"), response(rejected, "rejected"))
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def parse_hh_dialogue(text, *, what: str = "dialogue", max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
+    """``\\n\\nHuman: q\\n\\nAssistant: a ...`` -> chat turns."""
+    if not isinstance(text, str):
+        raise FormatError(f"{what} must be a string, got {type(text).__name__}")
+    if len(text) > max_chars:
+        raise FormatError(f"{what} is too long ({len(text)} characters, limit {max_chars})")
+    parts = _HH_TURN.split(text)
+    if parts[0].strip():
+        raise FormatError(f"{what} must start with '\\n\\nHuman:'")
+    turns = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        role = "user" if speaker == "Human" else "assistant"
+        turns.append({"role": role, "content": content.strip()})
+    if not turns:
+        raise FormatError(f"{what} has no Human/Assistant turns")
+    if turns[0]["role"] != "user":
+        raise FormatError(f"{what} must start with a Human turn")
+    # Real HH data has empty turns and two assistant turns in a row; both are kept as written.
+    return turns
+
+
+def hh_preference(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> PreferenceRecord:
+    """Read one Anthropic HH row: two whole dialogues sharing all but the last assistant turn."""
+    missing = [k for k in ("chosen", "rejected") if k not in row]
+    if missing:
+        raise FormatError(f"missing key(s): {', '.join(missing)}")
+    return _shared_prompt(
+        parse_hh_dialogue(row["chosen"], what="chosen", max_chars=max_chars),
+        parse_hh_dialogue(row["rejected"], what="rejected", max_chars=max_chars),
+    )
+
+
+PREFERENCE_READERS = {"trl": trl_preference, "hh": hh_preference}
+
+
+def trl_row(prompt: list[dict], chosen: str, rejected: str, meta: dict | None = None) -> dict:
+    """A conversational TRL preference row, as DPOTrainer and ``datasets`` read it."""
+    row = {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
+    if meta:
+        row.update(meta)
+    return row

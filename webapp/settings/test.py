@@ -1,0 +1,20 @@
+"""Tests: PostgreSQL and Redis, as in production (DATABASE_URL / CELERY_BROKER_URL override)."""
+
+from .base import *  # noqa: F401,F403
+from .base import database_from_url, env
+
+SECRET_KEY = "test-only-key"
+DEBUG = False
+DATABASES = {
+    "default": database_from_url(
+        env.str("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/prefloop")
+    )
+}
+DATABASES["default"]["CONN_MAX_AGE"] = 0
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
