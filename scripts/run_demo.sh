@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Start web + Celery worker (default and gpu queues) + beat, print where to log in, stop all on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+PORT=${PORT:-8000}
+mkdir -p var
+$PY -m celery -A webapp worker --beat --queues default,gpu --concurrency 1 --loglevel INFO \
+    --logfile var/worker.log --schedule var/celerybeat-schedule &
+WORKER=$!
+trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT INT TERM
+if [ -z "${DATABASE_URL:-}" ]; then db="embedded SQLite (var/prefloop.sqlite3)"; else db="$DATABASE_URL"; fi
+cat <<MSG
+
+  Prefloop is running:  http://127.0.0.1:${PORT}/
+  Log in with one of the demo users printed above (admin, alice, bob, carol).
+  Admin:                http://127.0.0.1:${PORT}/admin/
+  API docs:             http://127.0.0.1:${PORT}/api/docs/
+  Database:             ${db}
+  Worker log:           var/worker.log      (Ctrl-C stops everything)
+
+MSG
+$PY manage.py runserver "127.0.0.1:${PORT}" --noreload

@@ -1,0 +1,50 @@
+import os
+
+import pytest
+from rest_framework.test import APIClient
+
+from annotation import roles
+from tests.factories import CampaignFactory, ComparisonFactory, UserFactory
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def campaign(db):
+    return CampaignFactory(slug="c1", votes_per_pair=3)
+
+
+@pytest.fixture
+def comparisons(campaign):
+    return [ComparisonFactory(campaign=campaign) for _ in range(5)]
+
+
+@pytest.fixture
+def annotators(db):
+    return [UserFactory(role=roles.ANNOTATOR) for _ in range(4)]
+
+
+@pytest.fixture
+def annotator(annotators):
+    return annotators[0]
+
+
+@pytest.fixture
+def reviewer(db):
+    return UserFactory(role=roles.REVIEWER)
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(role=roles.ADMIN)
+
+
+@pytest.fixture
+def api():
+    def client_for(user=None):
+        c = APIClient()
+        if user is not None:
+            c.force_authenticate(user)
+        return c
+
+    return client_for

@@ -1,0 +1,130 @@
+"""Fair assignment: leases, overlap cap, fewest-votes-first, never twice, expiry, gold mixing."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation import services
+from annotation.errors import Conflict
+from annotation.models import Assignment, Comparison
+from tests.factories import CampaignFactory, ComparisonFactory
+
+
+def vote(user, campaign, choice="a"):
+    a = services.assignment_next(campaign=campaign, annotator=user)
+    assert a is not None
+    return services.vote_submit(annotator=user, assignment_id=a.pk, choice=choice)
+
+
+def test_lease_is_recorded_with_order_expiry_and_guideline(campaign, comparisons, annotator):
+    a = services.assignment_next(campaign=campaign, annotator=annotator)
+    assert a.state == Assignment.State.ACTIVE
+    assert a.order in ("ab", "ba")
+    assert timedelta(minutes=14) < a.expires_at - a.leased_at <= timedelta(minutes=15)
+    assert a.guideline_version.version == 1
+
+
+def test_same_lease_is_returned_until_voted(campaign, comparisons, annotator):
+    first = services.assignment_next(campaign=campaign, annotator=annotator)
+    assert services.assignment_next(campaign=campaign, annotator=annotator).pk == first.pk
+    services.vote_submit(annotator=annotator, assignment_id=first.pk, choice="a")
+    second = services.assignment_next(campaign=campaign, annotator=annotator)
+    assert second.comparison_id != first.comparison_id
+
+
+def test_never_the_same_comparison_twice_and_stops_when_exhausted(campaign, comparisons, annotator):
+    seen = set()
+    for _ in comparisons:
+        seen.add(vote(annotator, campaign).vote.comparison_id)
+    assert len(seen) == len(comparisons)
+    assert services.assignment_next(campaign=campaign, annotator=annotator) is None
+
+
+def test_fewest_votes_first(campaign, annotators):
+    c1, c2 = ComparisonFactory(campaign=campaign), ComparisonFactory(campaign=campaign)
+    got = services.assignment_next(campaign=campaign, annotator=annotators[0])
+    assert got.comparison_id == c1.pk  # both empty: lowest id
+    services.vote_submit(annotator=annotators[0], assignment_id=got.pk, choice="a")
+    # c1 has 1 vote, c2 has none: the next annotator gets c2.
+    assert services.assignment_next(campaign=campaign, annotator=annotators[1]).comparison_id == c2.pk
+
+
+def test_live_leases_count_against_the_overlap(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=2)
+    c = ComparisonFactory(campaign=campaign)
+    a0 = services.assignment_next(campaign=campaign, annotator=annotators[0])
+    a1 = services.assignment_next(campaign=campaign, annotator=annotators[1])
+    assert a0.comparison_id == a1.comparison_id == c.pk
+    # Two live leases fill both slots: nothing for a third annotator.
+    assert services.assignment_next(campaign=campaign, annotator=annotators[2]) is None
+
+
+def test_expired_lease_returns_to_the_pool_and_cannot_vote(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=1)
+    ComparisonFactory(campaign=campaign)
+    now = timezone.now()
+    stale = services.assignment_next(campaign=campaign, annotator=annotators[0], now=now - timedelta(minutes=20))
+    fresh = services.assignment_next(campaign=campaign, annotator=annotators[1], now=now)
+    assert fresh is not None and fresh.comparison_id == stale.comparison_id
+    from annotation.errors import LeaseExpired
+
+    with pytest.raises(LeaseExpired):
+        services.vote_submit(annotator=annotators[0], assignment_id=stale.pk, choice="a")
+    services.vote_submit(annotator=annotators[1], assignment_id=fresh.pk, choice="b")
+    assert services.assignments_expire() == 1
+    stale.refresh_from_db()
+    assert stale.state == Assignment.State.EXPIRED
+
+
+def test_complete_comparisons_are_not_handed_out(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=2)
+    c = ComparisonFactory(campaign=campaign)
+    vote(annotators[0], campaign)
+    vote(annotators[1], campaign)
+    c.refresh_from_db()
+    assert c.status == Comparison.Status.COMPLETE and c.vote_count == 2
+    assert services.assignment_next(campaign=campaign, annotator=annotators[2]) is None
+
+
+def test_skip_frees_the_slot_and_is_not_offered_again(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=1)
+    ComparisonFactory(campaign=campaign)
+    a = services.assignment_next(campaign=campaign, annotator=annotators[0])
+    services.assignment_skip(annotator=annotators[0], assignment_id=a.pk, reason="not my language")
+    assert services.assignment_next(campaign=campaign, annotator=annotators[0]) is None
+    assert services.assignment_next(campaign=campaign, annotator=annotators[1]) is not None
+
+
+def test_gold_mixed_at_the_campaign_rate(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=3, gold_rate=0.25)
+    for _ in range(12):
+        ComparisonFactory(campaign=campaign)
+    for _ in range(4):
+        ComparisonFactory(campaign=campaign, kind="gold", gold_answer="a")
+    kinds = []
+    for _ in range(16):
+        result = vote(annotators[0], campaign)
+        kinds.append(result.vote.comparison.kind)
+    assert kinds.count("gold") == 4
+    # Deterministic spacing: every 4th hand-out is gold.
+    assert [i for i, k in enumerate(kinds) if k == "gold"] == [3, 7, 11, 15]
+
+
+def test_gold_votes_are_scored_and_make_no_preference(db, annotator):
+    campaign = CampaignFactory(votes_per_pair=1, gold_rate=1.0)
+    g = ComparisonFactory(campaign=campaign, kind="gold", gold_answer="b")
+    a = services.assignment_next(campaign=campaign, annotator=annotator)
+    assert a.comparison_id == g.pk
+    shown = "b" if a.order == "ab" else "a"  # the position where response B is shown
+    result = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice=shown)
+    assert result.vote.choice == "b" and result.vote.is_gold_correct is True
+    assert result.preference is None
+    g.refresh_from_db()
+    assert g.status == Comparison.Status.OPEN
+
+
+def test_inactive_campaign_refuses_work(db, annotator):
+    campaign = CampaignFactory(is_active=False)
+    with pytest.raises(Conflict):
+        services.assignment_next(campaign=campaign, annotator=annotator)

@@ -1,0 +1,152 @@
+"""Votes: validated, transactional, idempotent; preferences derived by majority."""
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from annotation import services
+from annotation.errors import AlreadyVoted, ComparisonClosed, Forbidden, InvalidInput, NotFound
+from annotation.models import Preference, Vote
+from tests.factories import CampaignFactory, ComparisonFactory
+
+
+def lease(user, campaign):
+    return services.assignment_next(campaign=campaign, annotator=user)
+
+
+def shown(assignment, canonical):
+    """The shown label an annotator presses to pick the canonical response."""
+    if canonical in ("a", "b") and assignment.order == "ba":
+        return "b" if canonical == "a" else "a"
+    return canonical
+
+
+def test_vote_maps_shown_position_to_response_and_records_context(campaign, comparisons, annotator):
+    a = lease(annotator, campaign)
+    result = services.vote_submit(
+        annotator=annotator, assignment_id=a.pk, choice="a", strength="much", rationale=" clearer ", seconds_spent=12.5
+    )
+    v = result.vote
+    assert result.created
+    assert v.choice == ("a" if a.order == "ab" else "b")
+    assert (v.order_shown, v.strength, v.rationale, v.seconds_spent) == (a.order, "much", "clearer", 12.5)
+    assert v.guideline_version.version == 1
+
+
+def test_double_submit_stores_one_vote(campaign, comparisons, annotator):
+    a = lease(annotator, campaign)
+    first = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice="tie")
+    again = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice="tie")
+    assert first.created and not again.created and again.vote.pk == first.vote.pk
+    with pytest.raises(AlreadyVoted):
+        services.vote_submit(annotator=annotator, assignment_id=a.pk, choice="both_bad")
+    assert Vote.objects.count() == 1
+
+
+def test_wrong_user_and_unknown_assignment_are_refused(campaign, comparisons, annotators):
+    a = lease(annotators[0], campaign)
+    with pytest.raises(Forbidden):
+        services.vote_submit(annotator=annotators[1], assignment_id=a.pk, choice="a")
+    with pytest.raises(NotFound):
+        services.vote_submit(annotator=annotators[1], assignment_id=10**9, choice="a")
+    assert Vote.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"choice": "left"},
+        {"choice": "a", "strength": "very"},
+        {"choice": "tie", "strength": "much"},
+        {"choice": "a", "rationale": "x" * 5001},
+        {"choice": "a", "seconds_spent": -1.0},
+        {"choice": "a", "seconds_spent": float("nan")},
+    ],
+)
+def test_bad_votes_are_refused_and_change_nothing(campaign, comparisons, annotator, kwargs):
+    a = lease(annotator, campaign)
+    with pytest.raises(InvalidInput):
+        services.vote_submit(annotator=annotator, assignment_id=a.pk, **kwargs)
+    assert Vote.objects.count() == 0
+    a.refresh_from_db()
+    assert a.state == "active"
+
+
+def test_vote_on_closed_comparison_is_refused(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=1)
+    c = ComparisonFactory(campaign=campaign)
+    a = lease(annotators[0], campaign)
+    c.status = "complete"
+    c.save()
+    with pytest.raises(ComparisonClosed):
+        services.vote_submit(annotator=annotators[0], assignment_id=a.pk, choice="a")
+
+
+def test_majority_makes_a_preference_with_agreement_and_margin(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=3)
+    c = ComparisonFactory(campaign=campaign)
+    results = []
+    for user, canonical in zip(annotators, ["b", "b", "tie"]):
+        a = lease(user, campaign)
+        results.append(services.vote_submit(annotator=user, assignment_id=a.pk, choice=shown(a, canonical)))
+    pref = results[-1].preference
+    assert pref is not None and results[0].preference is None
+    assert (pref.chosen_id, pref.rejected_id) == (c.response_b_id, c.response_a_id)
+    assert (pref.n_votes, pref.n_chosen, pref.n_rejected, pref.n_tie, pref.n_both_bad) == (3, 2, 0, 1, 0)
+    assert pref.agreement == pytest.approx(2 / 3)
+    assert pref.margin == pytest.approx(2 / 3)
+    assert pref.source == "human" and pref.comparison_id == c.pk
+
+
+def test_no_majority_no_preference(db, annotators):
+    campaign = CampaignFactory(votes_per_pair=3)
+    c = ComparisonFactory(campaign=campaign)
+    for user, canonical in zip(annotators, ["a", "b", "both_bad"]):
+        a = lease(user, campaign)
+        services.vote_submit(annotator=user, assignment_id=a.pk, choice=shown(a, canonical))
+    c.refresh_from_db()
+    assert c.status == "complete"
+    assert not Preference.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "choices,winner,agreement,margin",
+    [
+        (["a", "a", "a"], "a", 1.0, 1.0),
+        (["a", "b", "a"], "a", 2 / 3, 1 / 3),
+        (["tie", "tie", "b"], "b", 1 / 3, 1 / 3),
+        (["a", "b"], None, None, None),
+        (["both_bad", "tie"], None, None, None),
+    ],
+)
+def test_votes_aggregate(choices, winner, agreement, margin):
+    agg = services.votes_aggregate(choices)
+    assert agg.winner == winner
+    assert agg.agreement == (pytest.approx(agreement) if agreement is not None else None)
+    assert agg.margin == (pytest.approx(margin) if margin is not None else None)
+
+
+def test_database_refuses_a_second_vote_by_the_same_annotator(campaign, comparisons, annotator):
+    a = lease(annotator, campaign)
+    v = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice="a").vote
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Vote.objects.create(comparison=v.comparison, annotator=annotator, choice="b")
+
+
+def test_database_refuses_more_votes_than_required(db):
+    c = ComparisonFactory(campaign=CampaignFactory(votes_per_pair=1), vote_count=1)
+    c.vote_count = 2
+    with pytest.raises(IntegrityError), transaction.atomic():
+        c.save()
+
+
+def test_guideline_edit_creates_a_new_version_and_votes_keep_theirs(campaign, comparisons, annotators, admin_user):
+    a = lease(annotators[0], campaign)
+    v1 = services.vote_submit(annotator=annotators[0], assignment_id=a.pk, choice="a").vote
+    g2 = services.guideline_publish(campaign=campaign, text="New rules.", user=admin_user)
+    assert g2.version == 2
+    assert services.guideline_publish(campaign=campaign, text="New rules.", user=admin_user).pk == g2.pk
+    b = lease(annotators[1], campaign)
+    v2 = services.vote_submit(annotator=annotators[1], assignment_id=b.pk, choice="a").vote
+    v1.refresh_from_db()
+    assert (v1.guideline_version.version, v2.guideline_version.version) == (1, 2)
+    assert campaign.guidelines.get(version=1).text.startswith("Prefer")
