@@ -142,6 +142,8 @@ def trl_preference(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Pre
             validate_messages(rejected, what="rejected", max_chars=max_chars),
         )
     prompt = row["prompt"]
+    if not isinstance(prompt, (str, list)):
+        raise FormatError(f"prompt must be a string or a list of {{role, content}} turns, got {type(prompt).__name__}")
     if isinstance(prompt, str):
         prompt_msgs = [{"role": "user", "content": _check_text(prompt, "prompt", max_chars)}]
     else:
