@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 
 from django.http import StreamingHttpResponse
@@ -279,13 +277,6 @@ def uploaded_lines(upload) -> list[tuple[int, str]]:
     return list(enumerate(text.splitlines(), start=1))
 
 
-def csv_rows(lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
-    reader = csv.DictReader(io.StringIO("\n".join(text for _, text in lines)))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise InvalidInput("A CSV prompt file needs a 'prompt' column.")
-    return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
-
-
 class PromptImportApi(APIView):
     permission_classes = [perm("annotation.add_prompt")]
     parser_classes = [MultiPartParser, FormParser]
@@ -296,11 +287,12 @@ class PromptImportApi(APIView):
         data = ImportIn(data=request.data)
         data.is_valid(raise_exception=True)
         upload = data.validated_data["file"]
-        lines = uploaded_lines(upload)
-        if upload.name.lower().endswith(".csv"):
-            report = services.prompts_import(campaign=campaign, rows=csv_rows(lines), strict=data.validated_data["strict"])
-        else:
-            report = services.prompts_import(campaign=campaign, lines=lines, strict=data.validated_data["strict"])
+        report = services.prompts_import(
+            campaign=campaign,
+            lines=uploaded_lines(upload),
+            fmt=services.prompt_file_format(upload.name),
+            strict=data.validated_data["strict"],
+        )
         return _report_response(report)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import secrets
 from collections.abc import Iterable
@@ -459,21 +461,32 @@ def _prompt_row(row: dict) -> tuple[list[dict], list[str], str]:
     return messages, tags, split
 
 
+def _csv_rows(lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
+    """Numbered rows of a CSV file given as numbered lines (quoted fields may span lines)."""
+    reader = csv.DictReader(io.StringIO("\n".join(text for _, text in lines)))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise InvalidInput("A CSV prompt file needs a 'prompt' column.")
+    return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
+
+
 def prompts_import(
-    *, campaign: Campaign, lines: Iterable[tuple[int, str]] | None = None, rows: Iterable[tuple[int, dict]] | None = None, strict: bool = False
+    *, campaign: Campaign, lines: list[tuple[int, str]], fmt: str = "jsonl", strict: bool = False
 ) -> ImportReport:
-    """Import prompts from numbered JSONL ``lines`` or already-parsed numbered ``rows`` (CSV)."""
+    """Import prompts from numbered lines of JSONL (``prompt`` or ``messages``) or CSV (a
+    ``prompt`` column). Bad lines are reported; with ``strict`` nothing is written if any is bad."""
     report = ImportReport()
-    if rows is not None:
+    if fmt == "csv":
         good = []
-        for number, row in rows:
+        for number, row in _csv_rows(lines):
             report.lines += 1
             try:
                 good.append((number, _prompt_row(row)))
             except FormatError as exc:
                 report.errors.append((number, str(exc)))
+    elif fmt == "jsonl":
+        good = _json_lines(lines, report, _prompt_row)
     else:
-        good = _json_lines(lines or (), report, _prompt_row)
+        raise InvalidInput(f"Unknown prompt format {fmt!r}; use jsonl or csv.")
     if strict and report.errors:
         return report
     with transaction.atomic():
@@ -487,6 +500,10 @@ def prompts_import(
             report.duplicates += not created
         report.written = True
     return report
+
+
+def prompt_file_format(filename: str) -> str:
+    return "csv" if filename.lower().endswith(".csv") else "jsonl"
 
 
 def preferences_import(

@@ -21,6 +21,7 @@ import statistics
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 
 LABEL_STUDIO_CYCLES_PER_S = 7.7
@@ -38,14 +39,10 @@ def setup_django(db_url: str | None) -> None:
 
 
 def make_campaign(*, slug: str, n_comparisons: int, n_annotators: int, votes_per_pair: int):
-    """A campaign with ``n_comparisons`` open pairs and ``n_annotators`` annotators (fresh)."""
-    from django.contrib.auth import get_user_model
-
+    """A new campaign with ``n_comparisons`` open pairs and ``n_annotators`` new annotators."""
     from annotation import roles, services
-    from annotation.models import Campaign, Response
+    from annotation.models import Response
 
-    Campaign.objects.filter(slug=slug).delete()
-    get_user_model().objects.filter(username__startswith=f"{slug}-ann").delete()
     campaign = services.campaign_create(slug=slug, name=slug, guideline="Pick the better one.", votes_per_pair=votes_per_pair)
     for i in range(n_comparisons):
         prompt, _ = services.prompt_get_or_create(campaign=campaign, messages=[{"role": "user", "content": f"Question {i}?"}])
@@ -156,7 +153,7 @@ def main(argv=None) -> None:
     rates = []
     for run in range(args.runs):
         campaign, users = make_campaign(
-            slug="load", n_comparisons=args.comparisons, n_annotators=args.annotators, votes_per_pair=args.votes_per_pair
+            slug=f"load-{uuid.uuid4().hex[:8]}", n_comparisons=args.comparisons, n_annotators=args.annotators, votes_per_pair=args.votes_per_pair
         )
         report = run_load(campaign=campaign, users=users, seed=run)
         ok = (

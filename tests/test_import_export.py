@@ -130,3 +130,11 @@ def test_export_with_meta(campaign, annotators, tmp_path):
 def test_export_to_missing_directory_is_an_error(campaign):
     with pytest.raises(CommandError, match="no such directory"):
         run("export_preferences", "--campaign", campaign.slug, "-o", "/nonexistent/dir/out.jsonl")
+
+
+def test_csv_without_prompt_column_is_a_clear_error(campaign, tmp_path):
+    f = tmp_path / "p.csv"
+    f.write_text("question\nwhat?\n")
+    with pytest.raises(CommandError, match="needs a 'prompt' column"):
+        run("import_prompts", str(f), "--campaign", campaign.slug)
+    assert not Prompt.objects.exists()

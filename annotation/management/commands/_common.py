@@ -1,10 +1,21 @@
 """Shared bits of the import/export commands: campaign lookup, numbered lines, the report."""
 
+import contextlib
 from pathlib import Path
 
 from django.core.management.base import CommandError
 
+from annotation.errors import ApplicationError
 from annotation.models import Campaign
+
+
+@contextlib.contextmanager
+def command_errors():
+    """Service errors become a one-line CommandError (exit status 1), not a traceback."""
+    try:
+        yield
+    except ApplicationError as exc:
+        raise CommandError(exc.message) from None
 
 
 def campaign_or_error(slug: str) -> Campaign:

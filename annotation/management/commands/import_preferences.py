@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand
 
-from annotation.management.commands._common import campaign_or_error, numbered_lines, print_report
+from annotation.management.commands._common import campaign_or_error, command_errors, numbered_lines, print_report
 from annotation.services import preferences_import
 
 
@@ -15,5 +15,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, file, campaign, fmt, strict, **options):
         camp = campaign_or_error(campaign)
-        report = preferences_import(campaign=camp, lines=numbered_lines(file), fmt=fmt, strict=strict)
+        with command_errors():
+            report = preferences_import(campaign=camp, lines=numbered_lines(file), fmt=fmt, strict=strict)
         print_report(self, report, what="preference(s)", path=file, strict=strict)

@@ -1,8 +1,7 @@
 from django.core.management.base import BaseCommand
 
-from annotation.api import csv_rows
-from annotation.management.commands._common import campaign_or_error, numbered_lines, print_report
-from annotation.services import prompts_import
+from annotation.management.commands._common import campaign_or_error, command_errors, numbered_lines, print_report
+from annotation.services import prompt_file_format, prompts_import
 
 
 class Command(BaseCommand):
@@ -15,9 +14,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, file, campaign, strict, **options):
         camp = campaign_or_error(campaign)
-        lines = numbered_lines(file)
-        if file.lower().endswith(".csv"):
-            report = prompts_import(campaign=camp, rows=csv_rows(lines), strict=strict)
-        else:
-            report = prompts_import(campaign=camp, lines=lines, strict=strict)
+        with command_errors():
+            report = prompts_import(campaign=camp, lines=numbered_lines(file), fmt=prompt_file_format(file), strict=strict)
         print_report(self, report, what="prompt(s)", path=file, strict=strict)
