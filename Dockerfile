@@ -8,7 +8,7 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN pip install --no-cache-dir --extra-index-url ${TORCH_INDEX} -r requirements.txt \
  && pip install --no-cache-dir --no-deps -r requirements-nodeps.txt
 COPY . .
-RUN SECRET_KEY=build ALLOWED_HOSTS=* DATABASE_URL=sqlite:////tmp/build.sqlite3 \
+RUN SECRET_KEY=build ALLOWED_HOSTS=* DATABASE_URL=sqlite:////tmp/build.sqlite3 CELERY_BROKER_URL=memory:// \
     DJANGO_SETTINGS_MODULE=webapp.settings.production python manage.py collectstatic --noinput -v0
 RUN useradd --create-home prefloop && mkdir -p /var/prefloop && chown prefloop /var/prefloop
 USER prefloop

@@ -274,7 +274,8 @@ def uploaded_lines(upload) -> list[tuple[int, str]]:
         text = upload.read().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"The file is not UTF-8 text (byte {exc.start}).") from None
-    return list(enumerate(text.splitlines(), start=1))
+    # Split on newlines only, as the command does: U+2028 and friends may sit inside JSON strings.
+    return [(i, line.removesuffix("\r")) for i, line in enumerate(text.split("\n"), start=1)]
 
 
 class PromptImportApi(APIView):

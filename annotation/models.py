@@ -267,7 +267,10 @@ class Preference(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["chosen", "rejected"], name="preference_unique_pair"),
+            # Imports are de-duplicated by pair; a comparison makes at most one preference.
+            models.UniqueConstraint(
+                fields=["chosen", "rejected"], condition=Q(comparison__isnull=True), name="preference_unique_imported_pair"
+            ),
             models.CheckConstraint(condition=~Q(chosen=F("rejected")), name="preference_distinct_responses"),
         ]
         permissions = [("export_preferences", "Can export preferences")]

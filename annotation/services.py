@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import random
 import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -124,20 +125,19 @@ def comparison_create(
 
 # ---------------------------------------------------------------- fair assignment
 
+_rng = random.SystemRandom()
+
 
 def _live_leases(now: datetime):
     return Q(state=Assignment.State.ACTIVE, expires_at__gt=now)
 
 
 def _gold_due(*, campaign: Campaign, annotator: AbstractBaseUser) -> bool:
-    """Deterministic gold mixing: the n-th hand-out is gold when floor(n*rate) steps up.
-
-    Over any run of hand-outs the gold share is the campaign's rate to within one item.
-    """
+    """Each hand-out is gold with probability ``gold_rate``: random, so annotators cannot
+    tell gold items by their position in the stream."""
     if campaign.gold_rate <= 0:
         return False
-    n = Assignment.objects.filter(annotator=annotator, comparison__campaign=campaign).count()
-    return math.floor((n + 1) * campaign.gold_rate) > math.floor(n * campaign.gold_rate)
+    return _rng.random() < campaign.gold_rate
 
 
 def _candidates(*, campaign: Campaign, annotator: AbstractBaseUser, kind: str, now: datetime, exclude: set[int]):
@@ -208,6 +208,10 @@ def _lock_candidate(*, campaign, annotator, kind, now) -> Comparison | None:
         qs = _candidates(campaign=campaign, annotator=annotator, kind=kind, now=now, exclude=rejected)
         pk = qs.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True).first()
         if pk is None:
+            # Everything left may only be locked for a moment by another hand-out or vote:
+            # wait for one such row instead of answering "nothing left" too early.
+            pk = qs.select_for_update(of=("self",)).values_list("pk", flat=True).first()
+        if pk is None:
             return None
         comparison = _has_free_slot(comparison_id=pk, annotator=annotator, now=now)
         if comparison:
@@ -269,7 +273,6 @@ def vote_submit(
     Idempotent: the same vote submitted twice stores one vote (created=False); a different
     vote on the same assignment is refused.
     """
-    now = now or timezone.now()
     if choice not in Choice.values:
         raise InvalidInput(f"choice must be one of {', '.join(Choice.values)}.", details={"field": "choice"})
     if strength not in ("", *Strength.values):
@@ -284,7 +287,10 @@ def vote_submit(
 
     with transaction.atomic():
         assignment = _locked_own_assignment(annotator=annotator, assignment_id=assignment_id)
-        comparison = assignment.comparison
+        # Lock the comparison too (assignment first, then comparison: the hand-out order), and
+        # read the clock only now: a vote that waited for the locks is judged at commit time.
+        comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+        now = now or timezone.now()
         canonical = _canonical_choice(choice, assignment.order)
         existing = Vote.objects.filter(assignment=assignment).first()
         if existing:
@@ -464,9 +470,12 @@ def _prompt_row(row: dict) -> tuple[list[dict], list[str], str]:
 def _csv_rows(lines: list[tuple[int, str]]) -> list[tuple[int, dict]]:
     """Numbered rows of a CSV file given as numbered lines (quoted fields may span lines)."""
     reader = csv.DictReader(io.StringIO("\n".join(text for _, text in lines)))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise InvalidInput("A CSV prompt file needs a 'prompt' column.")
-    return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
+    try:
+        if not reader.fieldnames or "prompt" not in reader.fieldnames:
+            raise InvalidInput("A CSV prompt file needs a 'prompt' column.")
+        return [(reader.line_num, {k: v for k, v in row.items() if k and v not in (None, "")}) for row in reader]
+    except csv.Error as exc:
+        raise InvalidInput(f"line {reader.line_num}: unreadable CSV ({exc})") from None
 
 
 def prompts_import(
@@ -532,7 +541,9 @@ def preferences_import(
         for pid, c, r in keys:
             pairs.setdefault((response_ids[(pid, text_hash(c))], response_ids[(pid, text_hash(r))]), pid)
         existing = set(
-            Preference.objects.filter(chosen_id__in=[c for c, _ in pairs]).values_list("chosen_id", "rejected_id")
+            Preference.objects.filter(comparison__isnull=True, chosen_id__in=[c for c, _ in pairs]).values_list(
+                "chosen_id", "rejected_id"
+            )
         )
         new = [
             Preference(campaign=campaign, prompt_id=pid, chosen_id=c, rejected_id=r, source=Preference.Source.IMPORT)

@@ -138,3 +138,11 @@ def test_csv_without_prompt_column_is_a_clear_error(campaign, tmp_path):
     with pytest.raises(CommandError, match="needs a 'prompt' column"):
         run("import_prompts", str(f), "--campaign", campaign.slug)
     assert not Prompt.objects.exists()
+
+
+def test_pathological_lines_are_reported_not_crashing(campaign, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text("[" * 100000 + "\n" + '{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n' + '{"prompt": "ok", "chosen": "a", "rejected": "b"}\n')
+    out, err = run("import_preferences", str(f), "--campaign", campaign.slug, "--format", "trl")
+    assert "1 preference(s) imported" in out
+    assert ":1: JSON nested too deeply" in err and ":2: prompt contains text that is not valid Unicode" in err

@@ -150,3 +150,14 @@ def test_guideline_edit_creates_a_new_version_and_votes_keep_theirs(campaign, co
     v1.refresh_from_db()
     assert (v1.guideline_version.version, v2.guideline_version.version) == (1, 2)
     assert campaign.guidelines.get(version=1).text.startswith("Prefer")
+
+
+def test_completing_a_comparison_whose_pair_was_also_imported(db, annotators):
+    """An imported preference on the same two responses must not block the human one."""
+    campaign = CampaignFactory(votes_per_pair=1)
+    c = ComparisonFactory(campaign=campaign)
+    Preference.objects.create(campaign=campaign, prompt=c.prompt, chosen=c.response_a, rejected=c.response_b, source="import")
+    a = lease(annotators[0], campaign)
+    result = services.vote_submit(annotator=annotators[0], assignment_id=a.pk, choice=shown(a, "a"))
+    assert result.preference is not None and result.preference.comparison_id == c.pk
+    assert Preference.objects.filter(chosen=c.response_a, rejected=c.response_b).count() == 2

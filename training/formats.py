@@ -39,7 +39,15 @@ def _check_text(value, what: str, max_chars: int) -> str:
         raise FormatError(f"{what} is empty")
     if len(value) > max_chars:
         raise FormatError(f"{what} is too long ({len(value)} characters, limit {max_chars})")
+    _check_encodable(value, what)
     return value
+
+
+def _check_encodable(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FormatError(f"{what} contains text that is not valid Unicode (a lone surrogate escape)") from None
 
 
 def validate_messages(value, *, what: str = "messages", max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:
@@ -75,6 +83,8 @@ def parse_json_line(line: str) -> dict:
         row = json.loads(line)
     except json.JSONDecodeError as exc:
         raise FormatError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        raise FormatError("JSON nested too deeply") from None
     if not isinstance(row, dict):
         raise FormatError(f"expected a JSON object, got {type(row).__name__}")
     return row
@@ -169,6 +179,7 @@ def parse_hh_dialogue(text, *, what: str = "dialogue", max_chars: int = DEFAULT_
         raise FormatError(f"{what} must be a string, got {type(text).__name__}")
     if len(text) > max_chars:
         raise FormatError(f"{what} is too long ({len(text)} characters, limit {max_chars})")
+    _check_encodable(text, what)
     parts = _HH_TURN.split(text)
     if parts[0].strip():
         raise FormatError(f"{what} must start with '\\n\\nHuman:'")

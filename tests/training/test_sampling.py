@@ -1,0 +1,96 @@
+"""training.sampling on a tiny random model with the real SmolLM2 tokenizer."""
+
+import pytest
+import torch
+
+from training.sampling import SamplingParams, encode_prompts, generate, sample_pairs, sequence_logprob
+
+PROMPTS = [
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Tell me a long story about a dragon and a castle, please."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}],
+]
+P = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, batch_size=4)
+
+
+def bias_eos(model, eos_id, from_step=0, amount=1000.0):
+    """Make EOS overwhelmingly likely (or, with a negative amount, impossible) from the
+    ``from_step``-th generated token on. Use with a single batch: the count is per call."""
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):
+        if calls["n"] >= from_step:
+            output = output.clone()
+            output[..., eos_id] += amount
+        calls["n"] += 1
+        return output
+
+    return model.lm_head.register_forward_hook(hook)
+
+
+def test_shapes_and_fields(tiny_model, tokenizer):
+    out = generate(tiny_model, tokenizer, PROMPTS, k=3, params=P, seed=1)
+    assert [len(r) for r in out] == [3, 3, 3]
+    for row in out:
+        for s in row:
+            assert s.finish_reason in ("stop", "length")
+            assert s.token_count == len(s.token_ids) <= P.max_new_tokens
+            assert s.logprob_sum < 0
+
+
+def test_seeded_and_reproducible(tiny_model, tokenizer):
+    a = generate(tiny_model, tokenizer, PROMPTS, k=2, params=P, seed=5)
+    b = generate(tiny_model, tokenizer, PROMPTS, k=2, params=P, seed=5)
+    c = generate(tiny_model, tokenizer, PROMPTS, k=2, params=P, seed=6)
+    ids = lambda out: [[s.token_ids for s in row] for row in out]  # noqa: E731
+    assert ids(a) == ids(b)
+    assert ids(a) != ids(c)
+
+
+def test_stops_at_eos(tiny_model, tokenizer):
+    eos = tokenizer.eos_token_id
+    handle = bias_eos(tiny_model, eos, from_step=3)
+    try:
+        out = generate(tiny_model, tokenizer, PROMPTS, k=2, params=SamplingParams(max_new_tokens=8, batch_size=8), seed=0)
+    finally:
+        handle.remove()
+    for row in out:
+        for s in row:
+            assert s.finish_reason == "stop" and s.token_count == 4 and s.token_ids[-1] == eos
+            assert eos not in s.token_ids[:-1]
+
+
+def test_length_finish_when_no_eos(tiny_model, tokenizer):
+    handle = bias_eos(tiny_model, tokenizer.eos_token_id, amount=-1000.0)
+    try:
+        out = generate(tiny_model, tokenizer, PROMPTS, k=2, params=SamplingParams(max_new_tokens=5, batch_size=8), seed=0)
+    finally:
+        handle.remove()
+    assert {(s.finish_reason, s.token_count) for row in out for s in row} == {("length", 5)}
+
+
+def test_logprob_sum_equals_a_separate_forward_pass(tiny_model, tokenizer):
+    out = generate(tiny_model, tokenizer, PROMPTS, k=2, params=P, seed=3)
+    encoded = encode_prompts(tokenizer, PROMPTS)
+    for prompt_ids, row in zip(encoded, out):
+        for s in row:
+            assert s.logprob_sum == pytest.approx(sequence_logprob(tiny_model, prompt_ids, s.token_ids), abs=1e-3)
+
+
+def test_identical_or_empty_pairs_are_resampled_then_dropped(tiny_model, tokenizer):
+    eos = tokenizer.eos_token_id
+    handle = bias_eos(tiny_model, eos, from_step=0)  # every sample is empty
+    try:
+        pairs = sample_pairs(tiny_model, tokenizer, PROMPTS[:2], params=P, seed=0, max_attempts=2)
+    finally:
+        handle.remove()
+    assert pairs == [None, None]
+    pairs = sample_pairs(tiny_model, tokenizer, PROMPTS, params=P, seed=0)
+    assert all(p is not None and p[0].text != p[1].text and p[0].text and p[1].text for p in pairs)
+
+
+def test_sampling_params_validation():
+    with pytest.raises(ValueError, match="unknown"):
+        SamplingParams.from_dict({"temprature": 1.0})
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=0)

@@ -1,0 +1,75 @@
+"""Standalone CLI: python -m training sample --model SPEC --prompts FILE.jsonl --k 2 --out OUT.jsonl"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.formats import FormatError, parse_json_line, prompt_from_row
+from training.models import EMBEDDED
+
+
+def _read_prompts(path: Path) -> list[list[dict]]:
+    prompts, errors = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = parse_json_line(line)
+            prompts.append(prompt_from_row({k: v for k, v in row.items() if k in ("prompt", "messages")}))
+        except FormatError as exc:
+            errors.append(f"{path}:{number}: {exc}")
+    if errors:
+        raise SystemExit("\n".join(errors))
+    return prompts
+
+
+def cmd_sample(args) -> None:
+    from training.models import load_policy
+    from training.sampling import SamplingParams, generate
+
+    prompts = _read_prompts(Path(args.prompts))
+    params = SamplingParams(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    model, tokenizer = load_policy(args.model, device=args.device)
+    results = generate(model, tokenizer, prompts, k=args.k, params=params, seed=args.seed, progress=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        for messages, samples in zip(prompts, results):
+            f.write(json.dumps({
+                "messages": messages,
+                "model": args.model,
+                "params": params.as_dict(),
+                "responses": [
+                    {"text": s.text, "token_count": s.token_count, "finish_reason": s.finish_reason,
+                     "logprob_sum": s.logprob_sum, "seed": s.seed}
+                    for s in samples
+                ],
+            }, ensure_ascii=False) + "\n")
+    print(f"{len(prompts)} prompt(s) x {args.k} sample(s) written to {args.out}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Prefloop training library CLI")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("sample", help="sample k responses per prompt")
+    s.add_argument("--model", default=EMBEDDED, help=f"HF id, local directory or {EMBEDDED!r}")
+    s.add_argument("--prompts", required=True, help="JSONL with 'prompt' or 'messages' per line")
+    s.add_argument("--k", type=int, default=2)
+    s.add_argument("--out", required=True)
+    s.add_argument("--temperature", type=float, default=0.7)
+    s.add_argument("--top-p", type=float, default=0.95)
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_sample)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+if __name__ == "__main__":
+    main()
