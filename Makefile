@@ -21,6 +21,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 demo: install
 	$(PY) manage.py migrate --noinput -v0
 	$(PY) manage.py seed_demo
+	$(PY) manage.py sample_pairs --campaign demo --n 4 --top-up
 	PORT=$(PORT) bash scripts/run_demo.sh
 
 # Tests run on real PostgreSQL and Redis; start them when installed but not running.

@@ -1,4 +1,9 @@
-"""The demo campaign: prompts, response pairs, gold items and users from ``fixtures/``."""
+"""The demo campaign: prompts, gold items and users from ``fixtures/``.
+
+Its pairs come from the embedded policy (``manage.py sample_pairs`` and the gpu worker's
+buffer refills); ``fixture_pairs=True`` adds the hand-written pairs in the fixture instead,
+for a demo without any model work.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def demo_seed(*, fixtures: Path = FIXTURES, with_pairs: bool = True) -> SeedResult:
+def demo_seed(*, fixtures: Path = FIXTURES, fixture_pairs: bool = False) -> SeedResult:
     """Create (or complete) the demo campaign and users. Idempotent: running it twice adds nothing."""
     roles.roles_ensure()
     with transaction.atomic():
@@ -42,12 +47,15 @@ def demo_seed(*, fixtures: Path = FIXTURES, with_pairs: bool = True) -> SeedResu
             guideline=(fixtures / "guideline.md").read_text(encoding="utf-8"),
             votes_per_pair=3,
             gold_rate=0.1,
+            # Short answers keep CPU sampling quick (about 40 tokens/s batched on 2 cores).
+            sampling_params={"max_new_tokens": 160, "batch_size": 16},
+            buffer_size=20,
         )
         result = SeedResult(campaign=campaign)
         before = campaign.comparisons.count()
         for row in _jsonl(fixtures / "demo_prompts.jsonl"):
             prompt, _ = services.prompt_get_or_create(campaign=campaign, messages=row["messages"], tags=row.get("tags", []))
-            if with_pairs:
+            if fixture_pairs:
                 a, b = (services.response_get_or_create_text(prompt=prompt, text=t, source=Response.Source.HUMAN) for t in row["responses"])
                 services.comparison_create(campaign=campaign, prompt=prompt, response_a=a, response_b=b)
         for row in _jsonl(fixtures / "demo_gold.jsonl"):

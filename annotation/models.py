@@ -1,6 +1,7 @@
 """Prefloop's data model (DESIGN.md). Integrity lives here, in constraints; logic lives in services."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 
@@ -17,8 +18,22 @@ class Strength(models.TextChoices):
     MUCH = "much", "Much"
 
 
+def validate_sampling_params(value) -> None:
+    """A campaign's sampling parameters must be valid ``SamplingParams`` fields (unknown keys rejected)."""
+    from training.params import SamplingParams  # torch-free
+
+    try:
+        SamplingParams.from_dict(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"Invalid sampling parameters: {exc}") from None
+
+
 class ModelVersion(models.Model):
-    """A policy or reward model: where it came from and where its weights are."""
+    """A policy or reward model: where it came from and where its weights are.
+
+    A base model (a Hugging Face id, a local directory or the embedded default) is registered
+    on first use with ``base`` = its spec and no parent; a trained version has a parent, the
+    run that made it and an ``artifact_path`` holding its weights."""
 
     class Kind(models.TextChoices):
         POLICY = "policy"
@@ -29,11 +44,53 @@ class ModelVersion(models.Model):
     base = models.CharField(max_length=500, help_text="Hugging Face id, local path or embedded spec.")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     artifact_path = models.CharField(max_length=1000, blank=True)
+    training_run = models.ForeignKey(
+        "TrainingRun", null=True, blank=True, on_delete=models.PROTECT, related_name="outputs",
+        help_text="The run that made this version (none for a registered base model).",
+    )
     metrics = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    @property
+    def spec(self) -> str:
+        """What ``training.models.load_policy`` loads: the weights if trained, else the base."""
+        return self.artifact_path or self.base
+
     def __str__(self):
         return self.name
+
+
+class TrainingRun(models.Model):
+    """One training job: what it trained on, from which version, into which, and how it went."""
+
+    class Kind(models.TextChoices):
+        SFT = "sft"
+        REWARD = "reward"
+        DPO = "dpo"
+        PPO = "ppo"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    campaign = models.ForeignKey("Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs")
+    config = models.JSONField(default=dict, blank=True)
+    data_manifest = models.JSONField(default=dict, blank=True, help_text="Which preferences, and their hash.")
+    base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs_from")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    device = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    metrics = models.JSONField(default=list, blank=True, help_text="Per-step metrics, in order.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.kind} run {self.pk}"
 
 
 class Campaign(models.Model):
@@ -43,12 +100,26 @@ class Campaign(models.Model):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     is_active = models.BooleanField(default=True)
-    policy = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns")
-    sampling_params = models.JSONField(default=dict, blank=True)
+    policy = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns",
+        help_text="The active policy pairs are sampled from; the default policy is registered and set on first use.",
+    )
+    arena_policy = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="arena_campaigns",
+        help_text="Arena mode: each pair is one response from the policy and one from this version.",
+    )
+    sampling_params = models.JSONField(
+        default=dict, blank=True, validators=[validate_sampling_params],
+        help_text='Overrides of the sampling defaults, e.g. {"temperature": 0.8, "max_new_tokens": 200}.',
+    )
     votes_per_pair = models.PositiveSmallIntegerField(default=3)
     gold_rate = models.FloatField(default=0.0, help_text="Fraction of hand-outs that are gold comparisons.")
     lease_minutes = models.PositiveSmallIntegerField(default=15)
-    buffer_size = models.PositiveIntegerField(default=20)
+    buffer_size = models.PositiveIntegerField(
+        default=20, help_text="Open comparisons the workers keep sampled ahead of annotators (0: no sampling)."
+    )
+    # Set when a buffer refill is enqueued, cleared when it ends: one refill in flight per campaign.
+    refill_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     judge_settings = models.JSONField(default=dict, blank=True)
     retrain_policy = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -9,7 +9,7 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotation.models import Assignment, Campaign, Comparison, GuidelineVersion, Preference, Vote
+from annotation.models import Assignment, Campaign, Comparison, GuidelineVersion, Preference, Prompt, Vote
 from training.formats import trl_row
 
 
@@ -91,3 +91,38 @@ def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False) -> I
                 "tags": pref.prompt.tags,
             }
         yield trl_row(pref.prompt.messages, pref.chosen.text, pref.rejected.text, meta)
+
+
+def campaign_open_pairs(*, campaign: Campaign) -> int:
+    """Normal comparisons still collecting votes: the campaign's buffer."""
+    return campaign.comparisons.filter(status=Comparison.Status.OPEN, kind=Comparison.Kind.NORMAL).count()
+
+
+def campaigns_to_refill() -> list[tuple[int, int]]:
+    """(campaign id, pairs missing) for each active campaign whose buffer of open comparisons
+    is below ``buffer_size`` and that has training prompts to sample for."""
+    open_pairs = Count("comparisons", filter=Q(comparisons__status=Comparison.Status.OPEN, comparisons__kind=Comparison.Kind.NORMAL))
+    has_prompts = Exists(Prompt.objects.filter(campaign=OuterRef("pk"), split=Prompt.Split.TRAIN))
+    rows = (
+        Campaign.objects.filter(is_active=True, buffer_size__gt=0)
+        .filter(has_prompts)
+        .annotate(open_pairs=open_pairs)
+        .filter(open_pairs__lt=F("buffer_size"))
+        .order_by("pk")
+        .values_list("pk", "buffer_size", "open_pairs")
+    )
+    return [(pk, size - n) for pk, size, n in rows]
+
+
+def prompts_for_sampling(*, campaign: Campaign, n: int) -> list[Prompt]:
+    """``n`` training prompts, those with the fewest comparisons first (ties oldest first, so a run is
+    reproducible from its seed); a
+    campaign with fewer than ``n`` prompts has its prompts repeated in that order."""
+    prompts = list(
+        campaign.prompts.filter(split=Prompt.Split.TRAIN)
+        .annotate(n_comparisons=Count("comparisons"))
+        .order_by("n_comparisons", "pk")[:n]
+    )
+    if not prompts:
+        return []
+    return [prompts[i % len(prompts)] for i in range(n)]

@@ -48,3 +48,19 @@ def api():
         return c
 
     return client_for
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory) -> str:
+    """A local model directory (tiny random Llama, real tokenizer): a fast policy spec."""
+    from tests.tiny import save_tiny_policy
+
+    return save_tiny_policy(tmp_path_factory.mktemp("tiny-policy"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_other(tmp_path_factory) -> str:
+    """A second tiny policy with other weights (an arena opponent)."""
+    from tests.tiny import save_tiny_policy
+
+    return save_tiny_policy(tmp_path_factory.mktemp("tiny-policy-other"), seed=1)

@@ -12,8 +12,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from annotation.models import Assignment
-from tests.factories import ComparisonFactory, UserFactory
+from annotation.models import Assignment, Campaign, ModelVersion, Response
+from tests.factories import CampaignFactory, ComparisonFactory, PromptFactory, UserFactory
 from tests.processes import ROOT, base_env, celery_worker, free_port, process, wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,9 +44,48 @@ def test_worker_on_redis_and_postgresql_expires_leases(tmp_path):
     assert "workers.tasks.expire_leases" in (tmp_path / "worker.log").read_text()
 
 
-def test_embedded_default_sqlite_filesystem_transport(tmp_path):
-    """No DATABASE_URL, no CELERY_BROKER_URL: migrate, seed, web and worker all run."""
-    env = base_env(PREFLOOP_VAR=str(tmp_path), DJANGO_SETTINGS_MODULE="webapp.settings.local")
+@pytest.mark.django_db(transaction=True)
+def test_gpu_worker_fills_campaign_buffer_with_provenance(tmp_path, tiny_policy):
+    """The beat task's body runs here; the sample_pairs it enqueues is routed to the `gpu`
+    queue and run by a real worker, which fills the buffer from the campaign's policy."""
+    import redis
+
+    from workers.tasks import refill_buffers
+
+    params = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 6, "batch_size": 4}
+    campaign = CampaignFactory(buffer_size=5, sampling_params=params)
+    for _ in range(3):
+        PromptFactory(campaign=campaign)
+    ComparisonFactory(campaign=campaign)  # one already open: 4 are missing
+    redis.Redis.from_url("redis://127.0.0.1:6379/15").delete("gpu")  # nothing left over from other runs
+    db = connection.settings_dict
+    env = base_env(
+        DJANGO_SETTINGS_MODULE="webapp.settings.test",
+        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        PREFLOOP_DEFAULT_POLICY=tiny_policy,
+    )
+    log = tmp_path / "worker.log"
+    with celery_worker(env=env, log=log, queues="gpu"):
+        assert refill_buffers() == {campaign.pk: 4}
+        wait_for(
+            lambda: not Campaign.objects.filter(pk=campaign.pk, refill_requested_at__isnull=False).exists(),
+            timeout=120, what="the gpu worker to finish the refill", log=log,
+        )
+    assert "workers.tasks.sample_pairs" in log.read_text() and "succeeded" in log.read_text()
+    assert campaign.comparisons.filter(status="open").count() == 5
+    campaign.refresh_from_db()
+    assert campaign.policy == ModelVersion.objects.get(name=tiny_policy)
+    sampled = Response.objects.filter(prompt__campaign=campaign, source="policy")
+    assert sampled.count() == 8
+    for r in sampled:
+        assert r.model_version_id == campaign.policy_id and r.sampling_params == params
+        assert r.seed is not None and r.token_count >= 1 and r.logprob_sum < 0 and r.finish_reason in ("stop", "length")
+    assert refill_buffers() == {}  # buffer full
+
+
+def test_embedded_default_sqlite_filesystem_transport(tmp_path, tiny_policy):
+    """No DATABASE_URL, no CELERY_BROKER_URL: migrate, seed, sample, web and worker all run."""
+    env = base_env(PREFLOOP_VAR=str(tmp_path), DJANGO_SETTINGS_MODULE="webapp.settings.local", PREFLOOP_DEFAULT_POLICY=tiny_policy)
     for key in ("DATABASE_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
         env.pop(key, None)
 
@@ -57,10 +96,18 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path):
 
     manage("migrate", "--noinput", "-v0")
     seeded = manage("seed_demo")
-    assert "Campaign 'demo': 58 prompts, 58 comparisons" in seeded and "alice" in seeded
+    assert "Campaign 'demo': 58 prompts, 8 comparisons" in seeded and "alice" in seeded  # gold items only
+    sampled = manage("sample_pairs", "--campaign", "demo", "--n", "2", "--seed", "3")
+    assert "2 pair(s) sampled from " + tiny_policy in sampled
+    seeded = manage("seed_demo", "--fixture-pairs")
+    assert "Campaign 'demo': 58 prompts, 60 comparisons (50 new)" in seeded
     db = tmp_path / "prefloop.sqlite3"
     with sqlite3.connect(db) as con:
         comparisons = con.execute("select count(*) from annotation_comparison where kind='normal'").fetchone()[0]
+        provenance = con.execute(
+            "select count(*) from annotation_response r join annotation_modelversion m on r.model_version_id = m.id"
+            " where m.name = ? and r.seed is not null and r.logprob_sum < 0", (tiny_policy,)
+        ).fetchone()[0]
         user_id = con.execute("select id from auth_user where username='alice'").fetchone()[0]
         comparison_id = con.execute("select id from annotation_comparison limit 1").fetchone()[0]
         con.execute(
@@ -68,7 +115,7 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path):
             " values (?, ?, 'ab', 'active', '2020-01-01 00:00:00', '2020-01-01 00:15:00', '')",
             (comparison_id, user_id),
         )
-    assert comparisons == 50
+    assert comparisons == 52 and provenance == 4
 
     port = free_port()
     with celery_worker(env=env, log=tmp_path / "worker.log", queues="default"), process(

@@ -9,39 +9,13 @@ quantity DPO / PPO need as the sampling policy's log-likelihood.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
+from training.params import SamplingParams
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample. Every field is validated; unknown keys are rejected by ``from_dict``."""
-
-    temperature: float = 0.7  # > 0; 1 samples from the model's distribution as is
-    top_p: float = 0.95  # nucleus sampling mass, in (0, 1]
-    max_new_tokens: int = 256  # hard cap on generated tokens per response
-    batch_size: int = 16  # sequences per generate call (prompts x k are flattened)
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError("temperature must be > 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError("max_new_tokens must be an integer >= 1")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError("batch_size must be an integer >= 1")
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SamplingParams:
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown sampling parameter(s): {', '.join(sorted(unknown))}")
-        return cls(**d)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+__all__ = ["Sample", "SamplingParams", "encode_prompts", "generate", "sample_pairs", "sequence_logprob"]
 
 
 @dataclass(frozen=True)
@@ -143,19 +117,30 @@ def generate(
 
 def sample_pairs(
     model, tokenizer, prompts: list[list[dict]], *, params: SamplingParams | None = None, seed: int = 0,
-    max_attempts: int = 3, progress: bool = False,
+    max_attempts: int = 3, progress: bool = False, other_model=None, other_tokenizer=None,
 ) -> list[tuple[Sample, Sample] | None]:
     """Two different, non-empty samples per prompt; identical or empty ones are re-sampled
-    (with a new seed) up to ``max_attempts`` times, then given up (None) rather than shown."""
+    (with a new seed) up to ``max_attempts`` times, then given up (None) rather than shown.
+
+    Arena mode (``other_model`` given, with ``other_tokenizer`` when it has its own): the first sample of each pair
+    comes from ``model``, the second from ``other_model``; each log-prob sum is under the
+    model that sampled it. A pair where either side is empty or both are equal is redrawn
+    whole, so neither side is favoured by being drawn more often."""
     pairs: list[tuple[Sample, Sample] | None] = [None] * len(prompts)
     todo = list(range(len(prompts)))
     for attempt in range(max_attempts):
         if not todo:
             break
-        samples = generate(model, tokenizer, [prompts[i] for i in todo], k=2, params=params,
-                           seed=seed + 7919 * attempt, progress=progress)
+        batch = [prompts[i] for i in todo]
+        attempt_seed = seed + 7919 * attempt
+        if other_model is None:
+            drawn = [tuple(s) for s in generate(model, tokenizer, batch, k=2, params=params, seed=attempt_seed, progress=progress)]
+        else:
+            first = generate(model, tokenizer, batch, k=1, params=params, seed=attempt_seed, progress=progress)
+            second = generate(other_model, other_tokenizer or tokenizer, batch, k=1, params=params, seed=attempt_seed + 1, progress=progress)
+            drawn = [(a[0], b[0]) for a, b in zip(first, second)]
         still = []
-        for i, (a, b) in zip(todo, samples):
+        for i, (a, b) in zip(todo, drawn):
             if a.text and b.text and a.text != b.text:
                 pairs[i] = (a, b)
             else:

@@ -1,10 +1,15 @@
-"""Celery tasks: thin wrappers that take ids and plain values and call services."""
+"""Celery tasks: thin wrappers that take ids and plain values and call services.
+
+Model work (``sample_pairs``) is routed to the ``gpu`` queue (settings.CELERY_TASK_ROUTES);
+``workers.sampling`` imports torch only when it runs, so a web process that enqueues tasks
+never loads it.
+"""
 
 import logging
 
 from celery import shared_task
 
-from annotation import services
+from annotation import selectors, services
 
 logger = logging.getLogger(__name__)
 
@@ -16,3 +21,30 @@ def expire_leases() -> int:
     if n:
         logger.info("expired %d lease(s)", n)
     return n
+
+
+@shared_task(name="workers.tasks.sample_pairs", ignore_result=False, soft_time_limit=60 * 60, time_limit=60 * 60 + 120)
+def sample_pairs(campaign_id: int, n: int, release_refill: bool = False) -> dict:
+    """Sample ``n`` pairs for a campaign from its active policy (gpu queue). When started by
+    ``refill_buffers``, release the campaign's refill claim at the end, whatever happened."""
+    from workers.sampling import campaign_sample_pairs
+
+    try:
+        return campaign_sample_pairs(campaign_id=campaign_id, n=n).as_dict()
+    finally:
+        if release_refill:
+            services.campaign_refill_release(campaign_id=campaign_id)
+
+
+@shared_task(name="workers.tasks.refill_buffers", ignore_result=False, soft_time_limit=60, time_limit=120)
+def refill_buffers() -> dict[int, int]:
+    """Beat, every 30 s: for each active campaign below its buffer of open comparisons, enqueue
+    one ``sample_pairs`` for the pairs missing, unless a refill is already in flight."""
+    enqueued = {}
+    for campaign_id, missing in selectors.campaigns_to_refill():
+        if services.campaign_refill_claim(campaign_id=campaign_id):
+            sample_pairs.delay(campaign_id, missing, release_refill=True)
+            enqueued[campaign_id] = missing
+    if enqueued:
+        logger.info("refilling buffers: %s", enqueued)
+    return enqueued

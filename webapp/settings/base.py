@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "axes",
     "annotation",
+    "workers",
 ]
 
 MIDDLEWARE = [
@@ -178,9 +179,14 @@ CELERY_TASK_TIME_LIMIT = 60 * 60 * 6
 CELERY_TASK_SOFT_TIME_LIMIT = 60 * 60 * 6 - 60
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 # GPU work (sampling, training) goes to the `gpu` queue, served with concurrency 1 per GPU.
-CELERY_TASK_ROUTES = {"workers.tasks.gpu_*": {"queue": "gpu"}}
+CELERY_TASK_ROUTES = {
+    "workers.tasks.sample_pairs": {"queue": "gpu"},
+    "workers.tasks.gpu_*": {"queue": "gpu"},
+}
 CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
+    # Keeps each active campaign's open comparisons at buffer_size, so annotators never wait.
+    "refill-buffers": {"task": "workers.tasks.refill_buffers", "schedule": 30.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -192,6 +198,11 @@ PREFLOOP = {
     "MAX_IMPORT_LINE_CHARS": 1_000_000,
     "MAX_TEXT_CHARS": 100_000,
     "MAX_RATIONALE_CHARS": 5_000,
+    # The policy a campaign without one samples from (registered as a ModelVersion on first use):
+    # a Hugging Face id, a local directory, or the embedded SmolLM2-135M-Instruct.
+    "DEFAULT_POLICY": env.str("PREFLOOP_DEFAULT_POLICY", default="smollm2-135m-instruct"),
+    # A buffer refill not finished after this long (a worker died) no longer blocks the next one.
+    "REFILL_STALE_MINUTES": env.int("PREFLOOP_REFILL_STALE_MINUTES", default=60),
 }
 
 LOGGING = {

@@ -4,10 +4,16 @@ from annotation.demo import DEMO_USERS, demo_seed
 
 
 class Command(BaseCommand):
-    help = "Create the demo campaign (~50 prompts with response pairs, gold items, a guideline) and demo users."
+    help = (
+        "Create the demo campaign (50 prompts, 8 gold items, a guideline) and demo users. Pairs come from "
+        "the embedded policy (`manage.py sample_pairs --campaign demo --n N`, or the worker's buffer refills)."
+    )
 
-    def handle(self, *args, **options):
-        result = demo_seed()
+    def add_arguments(self, parser):
+        parser.add_argument("--fixture-pairs", action="store_true", help="also add the fixture's hand-written pairs (no model needed)")
+
+    def handle(self, *args, fixture_pairs=False, **options):
+        result = demo_seed(fixture_pairs=fixture_pairs)
         c = result.campaign
         self.stdout.write(
             f"Campaign '{c.slug}': {c.prompts.count()} prompts, {c.comparisons.count()} comparisons "

@@ -71,6 +71,8 @@
     window.scrollTo(0, 0);
   }
 
+  let retry = null;
+
   async function next() {
     busy = true;
     try {
@@ -83,6 +85,9 @@
         $("item").hidden = true;
         $("empty").hidden = false;
         delete app.dataset.assignment;
+        // The workers keep sampling new pairs from the policy: look again shortly.
+        clearTimeout(retry);
+        retry = setTimeout(() => { if (!current && !busy) next(); }, 15000);
       }
     } catch (e) {
       say(e.message, "error");

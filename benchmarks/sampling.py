@@ -1,0 +1,92 @@
+"""Batched sampling vs one-prompt-at-a-time ``model.generate``: generated tokens per second.
+
+Same model (the embedded SmolLM2-135M-Instruct, fp32 on CPU here), same prompts (the demo
+campaign's), same settings (temperature 0.7, top-p 0.95, k samples per prompt, max new
+tokens): ours is ``training.sampling.generate`` (all prompts x k in left-padded batches, with
+log-prob sums); the peer is the loop people write first, one ``model.generate`` call per
+sample. Tokens are the generated ones up to and including EOS; a batch keeps stepping until its
+longest member ends, and that idle work counts against us. Runs alternate; medians are reported.
+
+    python benchmarks/sampling.py [--quick] [--prompts 8] [--k 2] [--max-new-tokens 64] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def one_at_a_time(model, tokenizer, prompts, *, k, params, seed) -> int:
+    """The baseline: one ``model.generate`` per sample. Returns generated tokens (to EOS)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    tokens = 0
+    for i, messages in enumerate(prompts):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        for j in range(k):
+            torch.manual_seed(seed + i * k + j)
+            out = model.generate(
+                **ids, do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0,
+                max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=eos,
+            )
+            gen = out[0, ids["input_ids"].shape[1]:].tolist()
+            tokens += gen.index(eos) + 1 if eos in gen else len(gen)
+    return tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="4 prompts, 16 new tokens, 1 run")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--k", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    args = ap.parse_args()
+    if args.quick:
+        args.prompts, args.max_new_tokens, args.runs = 4, 16, 1
+
+    import torch
+
+    from training.models import load_policy
+    from training.sampling import SamplingParams, generate
+
+    rows = [json.loads(line) for line in (ROOT / "fixtures" / "demo_prompts.jsonl").read_text().splitlines() if line.strip()]
+    prompts = [r["messages"] for r in rows[: args.prompts]]
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    model, tokenizer = load_policy(args.model)
+    print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {model.dtype}, "
+          f"{torch.get_num_threads()} threads; {len(prompts)} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
+          f"batch_size={args.batch_size}", flush=True)
+    generate(model, tokenizer, prompts[:1], k=1, params=SamplingParams(max_new_tokens=2))  # warm-up
+
+    ours, peer = [], []
+    for run in range(args.runs):
+        for name in (("ours", "peer") if run % 2 == 0 else ("peer", "ours")):
+            t0 = time.perf_counter()
+            if name == "ours":
+                out = generate(model, tokenizer, prompts, k=args.k, params=params, seed=run)
+                n = sum(s.token_count for row in out for s in row)
+            else:
+                n = one_at_a_time(model, tokenizer, prompts, k=args.k, params=params, seed=run)
+            dt = time.perf_counter() - t0
+            (ours if name == "ours" else peer).append(n / dt)
+            print(f"run {run} {name:>4}: {n} tokens in {dt:.1f} s = {n / dt:.1f} tokens/s", flush=True)
+    o, p = statistics.median(ours), statistics.median(peer)
+    print(f"median tokens/s: batched {o:.1f}, one at a time {p:.1f}")
+    print(f"RESULT speedup={o / p:.2f} batched_tokens_per_s={o:.1f} one_at_a_time_tokens_per_s={p:.1f}")
+
+
+if __name__ == "__main__":
+    main()
