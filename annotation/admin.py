@@ -8,6 +8,8 @@ import json
 
 from django import forms
 from django.contrib import admin
+from django.contrib import messages
+from django.db import transaction
 from django.http import StreamingHttpResponse
 
 from annotation import selectors, services
@@ -20,6 +22,7 @@ from annotation.models import (
     Preference,
     Prompt,
     Response,
+    TrainingRun,
     Vote,
 )
 
@@ -64,10 +67,19 @@ class GuidelineInline(admin.TabularInline):
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     form = CampaignForm
-    list_display = ("slug", "name", "is_active", "votes_per_pair", "gold_rate", "created_at")
+    list_display = ("slug", "name", "is_active", "policy", "arena_policy", "buffer_size", "votes_per_pair", "gold_rate", "created_at")
     prepopulated_fields = {"slug": ("name",)}
     inlines = [GuidelineInline]
-    actions = ["export_preferences"]
+    actions = ["export_preferences", "sample_pairs_now"]
+
+    @admin.action(description="Sample a buffer's worth of pairs now (gpu worker)", permissions=["change"])
+    def sample_pairs_now(self, request, queryset):
+        from workers.tasks import sample_pairs  # torch-free: the task imports the model code when it runs
+
+        for campaign in queryset:
+            n = campaign.buffer_size or 20
+            transaction.on_commit(lambda pk=campaign.pk, n=n: sample_pairs.delay(pk, n))
+        self.message_user(request, f"Sampling enqueued for {queryset.count()} campaign(s) on the gpu queue.", messages.SUCCESS)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -93,7 +105,14 @@ class GuidelineVersionAdmin(ReadOnlyAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("name", "kind", "base", "parent", "created_at")
+    list_display = ("name", "kind", "base", "parent", "artifact_path", "training_run", "created_at")
+    list_filter = ("kind",)
+
+
+@admin.register(TrainingRun)
+class TrainingRunAdmin(ReadOnlyAdmin):
+    list_display = ("id", "kind", "campaign", "base_version", "status", "device", "created_at", "finished_at")
+    list_filter = ("kind", "status")
 
 
 @admin.register(Prompt)
@@ -106,7 +125,7 @@ class PromptAdmin(ReadOnlyAdmin):
 
 @admin.register(Response)
 class ResponseAdmin(ReadOnlyAdmin):
-    list_display = ("id", "prompt", "model_version", "source", "token_count", "created_at")
+    list_display = ("id", "prompt", "model_version", "source", "token_count", "logprob_sum", "finish_reason", "created_at")
     list_filter = ("source", "model_version")
 
 

@@ -71,6 +71,28 @@ def test_admin_edits_guideline_in_admin_creating_a_version(campaign, admin_user)
     ]
 
 
+def test_admin_refuses_bad_sampling_params_and_enqueues_sampling(campaign, admin_user, django_capture_on_commit_callbacks):
+    c = client_for(admin_user)
+    page = c.get(f"/admin/annotation/campaign/{campaign.pk}/change/")
+    data = {k: ("" if v is None else v) for k, v in page.context["adminform"].form.initial.items() if k not in ("policy", "arena_policy")}
+    data.update(
+        {
+            "slug": campaign.slug, "name": campaign.name, "guideline": "v1", "votes_per_pair": 3, "gold_rate": 0,
+            "lease_minutes": 15, "buffer_size": 20, "is_active": "on", "sampling_params": '{"temperature": 0}',
+            "judge_settings": "{}", "retrain_policy": "{}", "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 1,
+            "guidelines-0-id": campaign.guidelines.get().pk, "guidelines-0-campaign": campaign.pk,
+        }
+    )
+    r = c.post(f"/admin/annotation/campaign/{campaign.pk}/change/", data)
+    assert r.status_code == 200 and "temperature must be &gt; 0" in r.content.decode()
+    campaign.refresh_from_db()
+    assert campaign.sampling_params == {}
+    # The "sample now" action only enqueues (on commit); the worker side is tested in test_workers.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        r = c.post("/admin/annotation/campaign/", {"action": "sample_pairs_now", "_selected_action": [campaign.pk]})
+    assert r.status_code == 302 and len(callbacks) == 1
+
+
 @pytest.mark.django_db
 def test_repeated_failed_logins_are_throttled():
     user = UserFactory(username="victim")

@@ -1,0 +1,516 @@
+"""What the SFT, reward and DPO recipes share: the config base and its loading, padding-free
+packing with per-sequence attention, response-only log-probs, the optimiser and schedule,
+checkpoints and the step loop (accumulation, clipping, metrics, cancel, resume).
+
+Utilities, not a class hierarchy: each recipe (``sft.py``, ``reward.py``, ``dpo.py``) reads
+top to bottom as setup / train / save and calls into here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+import tomllib
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# ---------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Fields every recipe has. Each recipe's config adds its own; all are validated and an
+    unknown key is an error, never ignored."""
+
+    model: str = "smollm2-135m-instruct"  # HF id, local directory or the embedded default
+    lr: float = 5e-6  # peak learning rate (AdamW)
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.1  # fraction of optimiser steps with linear warm-up, then cosine to 0
+    epochs: float = 1.0  # passes over the training rows (ignored when max_steps > 0)
+    max_steps: int = 0  # optimiser steps; 0: from epochs
+    batch_size: int = 4  # rows per micro-batch
+    grad_accum: int = 1  # micro-batches per optimiser step
+    max_grad_norm: float = 1.0  # clip the global gradient norm; 0 turns clipping off
+    max_length: int = 512  # prompt + response tokens
+    max_prompt_length: int = 256  # the prompt keeps its last tokens
+    min_response_tokens: int = 8  # a row whose response would keep fewer tokens is dropped
+    eval_fraction: float = 0.0  # held-out share of the rows (deterministic split by seed)
+    eval_every: int = 0  # optimiser steps between evaluations; 0: at the end only
+    log_every: int = 10  # optimiser steps between metrics callbacks
+    save_every: int = 0  # optimiser steps between checkpoints; 0: at the end only
+    seed: int = 0
+    lora_r: int = 0  # LoRA rank; 0 trains all weights
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    device: str = "auto"  # cuda when present, else cpu
+    dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
+    logit_chunk: int = 1024  # response positions per LM-head chunk
+
+    def __post_init__(self):
+        def positive(name, allow_zero=False):
+            v = getattr(self, name)
+            if not (v >= 0 if allow_zero else v > 0):
+                raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+        for name in ("lr", "batch_size", "grad_accum", "max_length", "max_prompt_length", "epochs", "logit_chunk", "min_response_tokens"):
+            positive(name)
+        for name in ("weight_decay", "max_steps", "max_grad_norm", "eval_every", "log_every", "save_every", "lora_r", "lora_dropout"):
+            positive(name, allow_zero=True)
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError("warmup_ratio must be in [0, 1)")
+        if not 0 <= self.eval_fraction < 1:
+            raise ValueError("eval_fraction must be in [0, 1)")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError("max_prompt_length must be smaller than max_length")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError("dtype must be auto, float32, bfloat16 or float16")
+        self.adam_betas = tuple(self.adam_betas)
+        self.lora_targets = tuple(self.lora_targets)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _coerce(value, hint):
+    """Turn a CLI string (or a TOML value) into the field's type."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    if hint in (int, float, str):
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"not an integer: {value!r}")
+        if hint is not str and isinstance(value, bool):
+            raise ValueError(f"not a number: {value!r}")
+        return hint(value)
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        args = typing.get_args(hint)
+        item_type = args[0]
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, item_type) for v in items)
+    return value
+
+
+def config_from(cls, file: str | Path | None = None, overrides: list[str] | dict | None = None):
+    """``cls`` from a TOML file and ``key=value`` overrides (later wins). Unknown keys and
+    values of the wrong type are errors that name the key."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    values: dict = {}
+    if file:
+        values.update(tomllib.loads(Path(file).read_text(encoding="utf-8")))
+    if isinstance(overrides, dict):
+        values.update(overrides)
+    else:
+        for item in overrides or []:
+            if "=" not in item:
+                raise ValueError(f"expected key=value, got {item!r}")
+            key, value = item.split("=", 1)
+            values[key.strip()] = value.strip()
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown config key(s) for {cls.__name__}: {', '.join(unknown)}")
+    typed = {}
+    for key, value in values.items():
+        try:
+            typed[key] = _coerce(value, hints[key])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return cls(**typed)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- models
+
+
+def load_model(cfg: TrainConfig, *, auto_class: str = "AutoModelForCausalLM", **kwargs):
+    """(model, tokenizer, device) ready to train: right dtype and device, LoRA when asked,
+    packed attention on."""
+    import transformers
+
+    from training.models import load_tokenizer, model_path, resolve_device, resolve_dtype
+
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    cls = getattr(transformers, auto_class)
+    model = cls.from_pretrained(model_path(cfg.model), dtype=dtype, **kwargs)
+    if getattr(model.config, "quantization_config", None) is not None:
+        # A GGUF-converted copy can still carry it; transformers then refuses to train.
+        del model.config.quantization_config
+    model.to(device)
+    if cfg.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        task = "SEQ_CLS" if "SequenceClassification" in auto_class else "CAUSAL_LM"
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                                 target_modules=list(cfg.lora_targets), task_type=task))
+    use_packed_attention(model)
+    tokenizer = load_tokenizer(cfg.model)
+    return model, tokenizer, device
+
+
+def unwrap(model):
+    """The transformers model under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model):
+    """The decoder stack without its head (``LlamaModel`` in ``LlamaForCausalLM``)."""
+    inner = unwrap(model)
+    return getattr(inner, inner.base_model_prefix)
+
+
+# ---------------------------------------------------------------- packing and attention
+
+
+@dataclass
+class Packed:
+    """Sequences laid end to end in one row, no padding: ``input_ids`` (1, T), position ids
+    restarting at 0 per sequence, and boundaries ``cu_seqlens`` (S + 1,)."""
+
+    input_ids: torch.Tensor
+    position_ids: torch.Tensor
+    cu_seqlens: list[int]
+    target_pos: torch.Tensor  # (N,) positions whose next token is a response token
+    target_ids: torch.Tensor  # (N,) those response tokens
+    target_seq: torch.Tensor  # (N,) which sequence each belongs to
+    n_seqs: int
+
+    @property
+    def n_tokens(self) -> int:
+        return self.input_ids.shape[1]
+
+    def to(self, device) -> Packed:
+        return Packed(self.input_ids.to(device), self.position_ids.to(device), self.cu_seqlens, self.target_pos.to(device),
+                      self.target_ids.to(device), self.target_seq.to(device), self.n_seqs)
+
+
+def pack(seqs: list[tuple[list[int], list[int]]]) -> Packed:
+    """Pack (prompt_ids, response_ids) pairs. Position t predicts token t + 1, so the targets
+    of a response of length R are at positions [start + P - 1, start + P + R - 1)."""
+    ids, pos, cu, t_pos, t_ids, t_seq = [], [], [0], [], [], []
+    for s, (prompt, response) in enumerate(seqs):
+        start, seq = len(ids), prompt + response
+        ids.extend(seq)
+        pos.extend(range(len(seq)))
+        cu.append(len(ids))
+        first = start + len(prompt) - 1
+        t_pos.extend(range(first, first + len(response)))
+        t_ids.extend(response)
+        t_seq.extend([s] * len(response))
+    long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    return Packed(long([ids]), long([pos]), cu, long(t_pos), long(t_ids), long(t_seq), len(seqs))
+
+
+def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Causal attention within each packed sequence only (no T x T mask, no cross-talk):
+    ``torch`` SDPA per segment. query (B, H, T, D), key/value (B, Hkv, T, D) -> (B, T, H, D)."""
+    cu = kwargs.get("packed_cu_seqlens")
+    if cu is None:  # an ordinary call (e.g. generate): the stock SDPA path
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    outs = []
+    for a, b in zip(cu[:-1], cu[1:]):
+        outs.append(F.scaled_dot_product_attention(
+            query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling,
+            dropout_p=dropout if module.training else 0.0, enable_gqa=groups > 1,
+        ))
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def use_packed_attention(model) -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register("prefloop_packed", _packed_sdpa)
+    unwrap(model).set_attn_implementation("prefloop_packed")
+
+
+def restore_attention(model) -> None:
+    unwrap(model).set_attn_implementation("sdpa")
+
+
+def hidden_states(model, packed: Packed) -> torch.Tensor:
+    """(T, H) last hidden states of the packed row."""
+    out = backbone(model)(input_ids=packed.input_ids, position_ids=packed.position_ids,
+                          packed_cu_seqlens=packed.cu_seqlens, use_cache=False)
+    return out.last_hidden_state[0]
+
+
+def _chunk_logps(head, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(h).float()  # (n, V), only for this chunk
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@dataclass
+class LogProbs:
+    sums: torch.Tensor  # (S,) sum of response-token log-probs per sequence
+    counts: torch.Tensor  # (S,) response tokens per sequence
+    tokens: torch.Tensor  # (N,) every response token's log-prob, sequence after sequence
+
+    @property
+    def means(self) -> torch.Tensor:
+        return self.sums / self.counts.clamp_min(1)
+
+
+def response_logps(model, packed: Packed, *, chunk: int = 1024) -> LogProbs:
+    """Per-sequence sums and counts of response-token log-probs, and the token log-probs.
+
+    The LM head runs only at response positions, in chunks, each under activation
+    checkpointing: no (T, V) logits for prompt or padding, and at most (chunk, V) logits alive
+    at a time, recomputed in the backward pass instead of stored."""
+    h = hidden_states(model, packed)[packed.target_pos]  # (N, H)
+    head = unwrap(model).get_output_embeddings()
+    parts = []
+    for a in range(0, h.shape[0], chunk):
+        args = (head, h[a:a + chunk], packed.target_ids[a:a + chunk])
+        parts.append(checkpoint(_chunk_logps, *args, use_reentrant=False) if torch.is_grad_enabled() else _chunk_logps(*args))
+    token_logps = torch.cat(parts)  # (N,)
+    sums = torch.zeros(packed.n_seqs, dtype=token_logps.dtype, device=h.device).index_add(0, packed.target_seq, token_logps)
+    counts = torch.bincount(packed.target_seq, minlength=packed.n_seqs)
+    return LogProbs(sums, counts, token_logps)
+
+
+# ---------------------------------------------------------------- optimisation
+
+
+def optimizer_and_schedule(model, cfg: TrainConfig, total_steps: int):
+    """AdamW (no decay on biases and norms) + linear warm-up then cosine decay to 0."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=cfg.adam_betas)
+    warmup = int(math.ceil(total_steps * cfg.warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def micro_batches(n_rows: int, cfg: TrainConfig, epoch: int) -> list[list[int]]:
+    """Row indices per micro-batch for one epoch: a permutation seeded by (seed, epoch)."""
+    order = list(range(n_rows))
+    random.Random(cfg.seed * 1_000_003 + epoch).shuffle(order)
+    return [order[i:i + cfg.batch_size] for i in range(0, n_rows, cfg.batch_size)]
+
+
+def total_steps(n_rows: int, cfg: TrainConfig) -> int:
+    if cfg.max_steps:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_rows / cfg.batch_size)
+    return max(1, math.ceil(per_epoch * cfg.epochs / cfg.grad_accum))
+
+
+def step_schedule(n_rows: int, cfg: TrainConfig) -> Iterator[list[list[int]]]:
+    """Micro-batches grouped per optimiser step, across epochs, deterministic from the seed."""
+    steps = total_steps(n_rows, cfg)
+    epoch, pending = 0, []
+    while True:
+        for mb in micro_batches(n_rows, cfg, epoch):
+            pending.append(mb)
+            if len(pending) == cfg.grad_accum:
+                yield pending
+                pending = []
+                steps -= 1
+                if steps == 0:
+                    return
+        epoch += 1
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(out_dir: Path, *, step: int, model, tokenizer, cfg: TrainConfig, metrics: list[dict],
+                    optimizer=None, scheduler=None, extra: dict | None = None, final: bool = False) -> Path:
+    """``out_dir/checkpoint-<step>`` (or ``out_dir`` itself when ``final``): safetensors
+    weights, config, tokenizer, metrics, and the optimiser / schedule / RNG state to resume."""
+    target = out_dir if final else out_dir / f"checkpoint-{step:07d}"
+    tmp = out_dir / f".tmp-{step}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    inner = unwrap(model)
+    attn = inner.config._attn_implementation
+    inner.config._attn_implementation = "sdpa"  # what a reader of the saved config should use
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+    finally:
+        inner.config._attn_implementation = attn
+    tokenizer.save_pretrained(tmp)
+    (tmp / "prefloop_config.json").write_text(json.dumps({"step": step, "config": cfg.as_dict(), **(extra or {})}, indent=2))
+    (tmp / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if optimizer is not None:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "step": step}, tmp / "trainer_state.pt")
+    if final:
+        for item in tmp.iterdir():
+            dest = out_dir / item.name
+            if dest.is_dir():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+        tmp.rmdir()
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)  # atomic: a checkpoint is whole or absent
+    return target
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    found = sorted(p for p in Path(out_dir).glob("checkpoint-*") if (p / "trainer_state.pt").exists())
+    return found[-1] if found else None
+
+
+def load_weights(model, checkpoint_dir: Path) -> None:
+    """Weights from a checkpoint directory into ``model`` (full or LoRA adapter)."""
+    if hasattr(model, "peft_config"):
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(checkpoint_dir / "adapter_model.safetensors")))
+        return
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(checkpoint_dir.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"checkpoint {checkpoint_dir} does not match the model: missing {missing}, unexpected {unexpected}")
+
+
+# ---------------------------------------------------------------- the loop
+
+
+@dataclass
+class Result:
+    status: str  # "completed" or "cancelled"
+    step: int
+    metrics: list[dict] = field(default_factory=list)
+    output: Path | None = None
+
+
+def train_loop(
+    *,
+    cfg: TrainConfig,
+    model,
+    tokenizer,
+    n_rows: int,
+    batch_loss: Callable[[list[int]], tuple[torch.Tensor, dict]],
+    evaluate: Callable[[], dict] | None,
+    out_dir: Path,
+    extra: dict | None = None,
+    on_metrics: Callable[[int, dict], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    resume: bool = True,
+    progress: bool = False,
+) -> Result:
+    """The optimiser loop every recipe shares. ``batch_loss(row_indices)`` returns the mean loss
+    of a micro-batch and its metrics (floats). Micro-batch losses are scaled by 1/grad_accum so
+    the step's gradient is the mean over its micro-batches."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    steps = total_steps(n_rows, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, steps)
+    metrics: list[dict] = []
+    start = 0
+    ckpt = latest_checkpoint(out_dir) if resume else None
+    if ckpt is not None:
+        load_weights(model, ckpt)
+        state = torch.load(ckpt / "trainer_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start = state["step"]
+        metrics = [json.loads(line) for line in (ckpt / "metrics.jsonl").read_text().splitlines() if line]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=steps, initial=start, desc="training", unit="step")
+    model.train()
+    window: list[dict] = []
+    t_window = time.perf_counter()
+    status = "completed"
+    save = lambda step, final=False: save_checkpoint(  # noqa: E731
+        out_dir, step=step, model=model, tokenizer=tokenizer, cfg=cfg, metrics=metrics,
+        optimizer=optimizer, scheduler=scheduler, extra=extra, final=final)
+    step = start
+    for step_index, group in enumerate(step_schedule(n_rows, cfg)):
+        if step_index < start:
+            continue  # resumed: these steps are in the checkpoint
+        if should_cancel is not None and should_cancel():
+            status = "cancelled"
+            save(step)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        step_stats: dict[str, float] = {}
+        for rows in group:
+            loss, stats = batch_loss(rows)
+            (loss / cfg.grad_accum).backward()
+            for k, v in stats.items():
+                step_stats[k] = step_stats.get(k, 0.0) + float(v) / len(group)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
+        optimizer.step()
+        scheduler.step()
+        step = step_index + 1
+        step_stats.update(grad_norm=float(grad_norm), learning_rate=scheduler.get_last_lr()[0])
+        window.append(step_stats)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_stats['loss']:.4f}")
+        if step % cfg.log_every == 0 or step == steps:
+            row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+            row.update(step=step, epoch=step * cfg.grad_accum * cfg.batch_size / max(1, n_rows),
+                       seconds_per_step=(time.perf_counter() - t_window) / len(window))
+            metrics.append(row)
+            if on_metrics:
+                on_metrics(step, row)
+            window, t_window = [], time.perf_counter()
+        if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+            row = {"step": step, **{f"eval_{k}": v for k, v in evaluate().items()}}
+            metrics.append(row)
+            if on_metrics:
+                on_metrics(step, row)
+            model.train()
+        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
+            save(step)
+    if bar is not None:
+        bar.close()
+    if status == "completed":
+        if evaluate is not None:
+            row = {"step": step, **{f"eval_{k}": v for k, v in evaluate().items()}}
+            metrics.append(row)
+            if on_metrics:
+                on_metrics(step, row)
+        save(step, final=True)
+    model.eval()
+    return Result(status=status, step=step, metrics=metrics, output=out_dir if status == "completed" else None)

@@ -1,0 +1,101 @@
+"""Bradley-Terry reward model: an LM backbone with a scalar head read at the last token of
+the response (its EOS), trained on preference rows (Ouyang et al. 2022, §3.5).
+
+Chosen and rejected sequences go through one packed forward (no padding). The model is a
+``*ForSequenceClassification`` with ``num_labels=1``, so the saved directory loads with
+``AutoModelForSequenceClassification`` (and TRL) as is. Metric names follow TRL:
+loss, accuracy, margin, mean_reward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from training import losses
+from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack, seed_everything, train_loop, unwrap
+from training.data import PreferenceExample, Report, manifest, split_rows, tokenize_preferences
+from training.formats import PreferenceRecord
+
+
+@dataclass
+class RewardConfig(TrainConfig):
+    lr: float = 1e-5
+    center_coef: float = 0.0  # c in + c·(r_w + r_l)²: keeps rewards centred (TRL center_rewards_coefficient)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.center_coef < 0:
+            raise ValueError("center_coef must be >= 0")
+
+
+def sequence_rewards(model, packed: Packed) -> torch.Tensor:
+    """(S,) scalar reward per packed sequence, from the hidden state at its last token."""
+    h = hidden_states(model, packed)  # (T, H)
+    last = torch.tensor(packed.cu_seqlens[1:], device=h.device) - 1
+    return unwrap(model).score(h[last]).squeeze(-1).float()
+
+
+def pair_rewards(model, examples: list[PreferenceExample], device) -> tuple[torch.Tensor, torch.Tensor]:
+    seqs = [(e.prompt_ids, e.chosen_ids) for e in examples] + [(e.prompt_ids, e.rejected_ids) for e in examples]
+    r = sequence_rewards(model, pack(seqs).to(device))
+    return r[: len(examples)], r[len(examples):]
+
+
+def pair_stats(r_w: torch.Tensor, r_l: torch.Tensor) -> dict:
+    return {
+        "accuracy": (r_w > r_l).float().mean().item(),
+        "margin": (r_w - r_l).mean().item(),
+        "mean_reward": torch.cat([r_w, r_l]).mean().item(),
+    }
+
+
+def train(
+    cfg: RewardConfig,
+    records: list[PreferenceRecord],
+    out_dir: str | Path,
+    *,
+    eval_records: list[PreferenceRecord] | None = None,
+    on_metrics: Callable[[int, dict], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    progress: bool = False,
+) -> tuple[Result, Report]:
+    # ---- setup
+    seed_everything(cfg.seed)
+    if eval_records is None and cfg.eval_fraction:
+        records, eval_records = split_rows(records, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    model, tokenizer, device = load_model(cfg, auto_class="AutoModelForSequenceClassification", num_labels=1)
+    unwrap(model).config.pad_token_id = tokenizer.pad_token_id
+    if cfg.lora_r:  # the new head must train too
+        unwrap(model).score.requires_grad_(True)
+    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, min_response_tokens=cfg.min_response_tokens)
+    train_ex, report = tokenize_preferences(tokenizer, records, **kw)
+    eval_ex, _ = tokenize_preferences(tokenizer, eval_records or [], **kw)
+    if not train_ex:
+        raise ValueError(f"no training rows left after tokenisation: {report.as_dict()}")
+
+    # ---- train
+    def batch_loss(rows: list[int]):
+        r_w, r_l = pair_rewards(model, [train_ex[i] for i in rows], device)
+        loss = losses.bradley_terry(r_w, r_l, center_coef=cfg.center_coef).mean()
+        return loss, {"loss": loss.item(), **pair_stats(r_w.detach(), r_l.detach())}
+
+    @torch.no_grad()
+    def evaluate() -> dict:
+        model.eval()
+        ws, ls = [], []
+        for a in range(0, len(eval_ex), cfg.batch_size):
+            r_w, r_l = pair_rewards(model, eval_ex[a:a + cfg.batch_size], device)
+            ws.append(r_w)
+            ls.append(r_l)
+        r_w, r_l = torch.cat(ws), torch.cat(ls)
+        return {"loss": losses.bradley_terry(r_w, r_l).mean().item(), **pair_stats(r_w, r_l)}
+
+    extra = {"algorithm": "reward", "data": manifest(records), "data_report": report.as_dict()}
+    result = train_loop(cfg=cfg, model=model, tokenizer=tokenizer, n_rows=len(train_ex), batch_loss=batch_loss,
+                        evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
+                        on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
+    return result, report
