@@ -1,4 +1,8 @@
-"""Standalone CLI: python -m training sample --model SPEC --prompts FILE.jsonl --k 2 --out OUT.jsonl"""
+"""Standalone CLI.
+
+    python -m training sample --model SPEC --prompts FILE.jsonl --k 2 --out OUT.jsonl
+    python -m training {sft,reward,dpo} --data FILE.jsonl --model SPEC --out DIR [--config FILE.toml] [key=value ...]
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,32 @@ def cmd_sample(args) -> None:
     print(f"{len(prompts)} prompt(s) x {args.k} sample(s) written to {args.out}", file=sys.stderr)
 
 
+def cmd_train(args) -> None:
+    from training import dpo, reward, sft
+    from training.common import config_from
+    from training.data import read_preferences, read_sft
+
+    recipe, config_cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig), "dpo": (dpo, dpo.DPOConfig)}[args.command]
+    overrides = list(args.overrides)
+    if args.model:
+        overrides.append(f"model={args.model}")
+    cfg = config_from(config_cls, args.config, overrides)
+    rows, report = (read_sft if args.command == "sft" else read_preferences)(args.data)
+    for error in report.errors:
+        print(f"{args.data}: {error} (skipped)", file=sys.stderr)
+    if not rows:
+        raise ValueError(f"no usable rows in {args.data}")
+
+    def log(step, m):
+        shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items() if k != "step"}
+        print(json.dumps({"step": step, **shown}), file=sys.stderr)
+
+    result, data_report = recipe.train(cfg, rows, args.out, on_metrics=log, progress=True)
+    d = data_report.as_dict()
+    print(f"{args.command}: {result.status} after {result.step} step(s); rows kept {d['kept']}/{d['rows']}, "
+          f"truncated {d['truncated']}, dropped as too long {d['dropped_too_long']}; model in {args.out}", file=sys.stderr)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training", description="Prefloop training library CLI")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -64,10 +94,18 @@ def main(argv=None) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
+    for name, what in (("sft", "supervised fine-tuning"), ("reward", "Bradley-Terry reward model"), ("dpo", "DPO family")):
+        t = sub.add_parser(name, help=what, description=f"{what}; key=value overrides any config field (unknown keys are errors)")
+        t.add_argument("--data", required=True, help="JSONL: preference rows (TRL or HH)" + (", or prompt/completion rows" if name == "sft" else ""))
+        t.add_argument("--model", default=None, help=f"HF id, local directory or {EMBEDDED!r} (default from the config)")
+        t.add_argument("--out", required=True, help="output directory (checkpoints, final model, metrics)")
+        t.add_argument("--config", default=None, help="TOML file with config fields")
+        t.add_argument("overrides", nargs="*", metavar="key=value")
+        t.set_defaults(func=cmd_train)
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, OSError) as exc:
         raise SystemExit(f"error: {exc}") from None
 
 
