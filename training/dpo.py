@@ -26,7 +26,7 @@ from training.common import (
     Result,
     TrainConfig,
     load_model,
-    pack,
+    pack_pairs,
     response_logps,
     seed_everything,
     train_loop,
@@ -59,9 +59,8 @@ class DPOConfig(TrainConfig):
 
 
 def _pairs_packed(examples: list[PreferenceExample], device):
-    """All chosen sequences, then all rejected ones, in one packed row."""
-    seqs = [(e.prompt_ids, e.chosen_ids) for e in examples] + [(e.prompt_ids, e.rejected_ids) for e in examples]
-    return pack(seqs).to(device)
+    """Every pair in one packed row, its prompt laid out once for both responses."""
+    return pack_pairs([(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples]).to(device)
 
 
 def policy_logps(model, examples: list[PreferenceExample], *, device, chunk: int, average: bool):
@@ -175,6 +174,7 @@ def train(
 
     extra = {"algorithm": "dpo", "data": manifest(records), "data_report": report.as_dict()}
     result = train_loop(cfg=cfg, model=model, tokenizer=tokenizer, n_rows=len(train_ex), batch_loss=batch_loss,
+                        row_tokens=lambda i: len(train_ex[i].prompt_ids) + len(train_ex[i].chosen_ids) + len(train_ex[i].rejected_ids),
                         evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
                         on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
     return result, report

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from training import losses
-from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack, seed_everything, train_loop, unwrap
+from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack_pairs, seed_everything, train_loop, unwrap
 from training.data import PreferenceExample, Report, manifest, split_rows, tokenize_preferences
 from training.formats import PreferenceRecord
 
@@ -35,13 +35,11 @@ class RewardConfig(TrainConfig):
 def sequence_rewards(model, packed: Packed) -> torch.Tensor:
     """(S,) scalar reward per packed sequence, from the hidden state at its last token."""
     h = hidden_states(model, packed)  # (T, H)
-    last = torch.tensor(packed.cu_seqlens[1:], device=h.device) - 1
-    return unwrap(model).score(h[last]).squeeze(-1).float()
+    return unwrap(model).score(h[packed.seq_last]).squeeze(-1).float()
 
 
 def pair_rewards(model, examples: list[PreferenceExample], device) -> tuple[torch.Tensor, torch.Tensor]:
-    seqs = [(e.prompt_ids, e.chosen_ids) for e in examples] + [(e.prompt_ids, e.rejected_ids) for e in examples]
-    r = sequence_rewards(model, pack(seqs).to(device))
+    r = sequence_rewards(model, pack_pairs([(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples]).to(device))
     return r[: len(examples)], r[len(examples):]
 
 
@@ -96,6 +94,7 @@ def train(
 
     extra = {"algorithm": "reward", "data": manifest(records), "data_report": report.as_dict()}
     result = train_loop(cfg=cfg, model=model, tokenizer=tokenizer, n_rows=len(train_ex), batch_loss=batch_loss,
+                        row_tokens=lambda i: len(train_ex[i].prompt_ids) + len(train_ex[i].chosen_ids) + len(train_ex[i].rejected_ids),
                         evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
                         on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
     return result, report

@@ -61,6 +61,8 @@ def train(
 
     extra = {"algorithm": "sft", "data": manifest([list(r) for r in rows]), "data_report": report.as_dict()}
     result = train_loop(cfg=cfg, model=model, tokenizer=tokenizer, n_rows=len(train_ex), batch_loss=batch_loss,
+                        row_tokens=lambda i: len(train_ex[i].prompt_ids) + len(train_ex[i].response_ids),
+                        row_weight=lambda i: len(train_ex[i].response_ids),
                         evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
                         on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
     return result, report

@@ -4,7 +4,7 @@ ordinary unpadded forwards (tiny random model, real SmolLM2 tokenizer)."""
 import pytest
 import torch
 
-from training.common import pack, response_logps, use_packed_attention, restore_attention
+from training.common import hidden_states, pack, pack_pairs, response_logps, restore_attention, use_packed_attention
 from training.data import read_preferences, read_sft, split_rows, tokenize_preferences, tokenize_sft
 from training.formats import PreferenceRecord
 from tests.processes import ROOT
@@ -56,7 +56,7 @@ def test_packed_forward_equals_separate_forwards_and_masks_prompts(tiny_model, t
     # Only response tokens are targets, each predicted from the position before it.
     assert packed.target_ids.tolist() == [t for _, r in seqs for t in r]
     assert (packed.input_ids[0, packed.target_pos + 1] == packed.target_ids).all()
-    prompt_positions = {start + j for (p, _), start in zip(seqs, packed.cu_seqlens) for j in range(len(p))}
+    prompt_positions = {start + j for (p, _), start in zip(seqs, [seg[0] for seg in packed.segments]) for j in range(len(p))}
     assert not prompt_positions & set((packed.target_pos + 1).tolist())  # no prompt token is ever a target
     use_packed_attention(tiny_model)
     try:
@@ -89,3 +89,20 @@ def test_split_is_deterministic_and_disjoint():
     assert len(ev) == 20 and not set(tr) & set(ev) and sorted(tr + ev) == rows
     assert split_rows(rows, eval_fraction=0.2, seed=0) == (tr, ev)
     assert split_rows(rows, eval_fraction=0.2, seed=1) != (tr, ev)
+
+
+def test_pairs_share_their_prompt_and_equal_separate_sequences(tiny_model):
+    triples = [([1, 5, 9, 11], [20, 21, 2], [22, 2]), ([7, 8], [30, 31, 32, 33, 2], [34, 35, 36, 2])]
+    shared = pack_pairs(triples)
+    separate = pack([(p, c) for p, c, _ in triples] + [(p, r) for p, _, r in triples])
+    assert shared.n_tokens == separate.n_tokens - sum(len(p) for p, _, _ in triples)  # each prompt once
+    use_packed_attention(tiny_model)
+    try:
+        with torch.no_grad():
+            a, b = response_logps(tiny_model, shared), response_logps(tiny_model, separate)
+            ha, hb = hidden_states(tiny_model, shared), hidden_states(tiny_model, separate)
+    finally:
+        restore_attention(tiny_model)
+    assert torch.allclose(a.sums, b.sums, atol=1e-4) and torch.equal(a.counts, b.counts)
+    # The last token of every sequence (where the reward head reads) has the same hidden state.
+    assert torch.allclose(ha[shared.seq_last], hb[separate.seq_last], atol=1e-4)
