@@ -126,3 +126,11 @@ def prompts_for_sampling(*, campaign: Campaign, n: int) -> list[Prompt]:
     if not prompts:
         return []
     return [prompts[i % len(prompts)] for i in range(n)]
+
+
+def training_rows(*, campaign: Campaign) -> list[dict]:
+    """The campaign's preferences as TRL rows, training split only (eval prompts stay held out)."""
+    return [
+        row for row in preferences_export_rows(campaign=campaign, with_meta=True)
+        if row.get("split", "train") == "train"
+    ]

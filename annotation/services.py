@@ -28,6 +28,7 @@ from annotation.models import (
     GuidelineVersion,
     ModelVersion,
     Preference,
+    TrainingRun,
     Prompt,
     Response,
     Strength,
@@ -216,6 +217,80 @@ def comparisons_create_sampled(
             ]
             created.append(comparison_create(campaign=campaign, prompt=prompt, response_a=responses[0], response_b=responses[1]))
     return created
+
+
+# ---------------------------------------------------------------- training runs
+
+
+def training_run_create(*, campaign: Campaign, kind: str, config: dict | None = None, base_version: ModelVersion | None = None) -> TrainingRun:
+    """Queue a training run on the campaign's preferences, from ``base_version`` (default: the
+    campaign's active policy). The gpu worker validates the config when it starts the run."""
+    if kind not in (TrainingRun.Kind.SFT, TrainingRun.Kind.REWARD, TrainingRun.Kind.DPO):
+        raise InvalidInput(f"Unknown training kind {kind!r}; one of sft, reward, dpo.")
+    if config is not None and not isinstance(config, dict):
+        raise InvalidInput("A training config must be a JSON object.")
+    from workers.tasks import gpu_train  # torch-free import: the task loads training code when it runs
+
+    with transaction.atomic():
+        base = base_version or campaign_policy_ensure(campaign=campaign)
+        run = TrainingRun.objects.create(kind=kind, campaign=campaign, config=config or {}, base_version=base)
+        transaction.on_commit(lambda: gpu_train.delay(run.pk))
+    return run
+
+
+def training_run_start(*, run_id: int, device: str, data_manifest: dict) -> TrainingRun | None:
+    """Mark a queued run as running; None when it is no longer queued (cancelled, or another
+    worker got it first)."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None or run.status != TrainingRun.Status.QUEUED:
+            return None
+        run.status, run.device, run.data_manifest, run.started_at = TrainingRun.Status.RUNNING, device, data_manifest, timezone.now()
+        run.save(update_fields=["status", "device", "data_manifest", "started_at"])
+    return run
+
+
+def training_run_log(*, run_id: int, metrics: dict) -> None:
+    """Append one metrics row (a step's losses and rewards) to the run, under a row lock."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().only("metrics").get(pk=run_id)
+        run.metrics = [*run.metrics, metrics]
+        run.save(update_fields=["metrics"])
+
+
+def training_run_cancel(*, run_id: int) -> TrainingRun:
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().get(pk=run_id)
+        if run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+            run.status = TrainingRun.Status.CANCELLED
+            run.finished_at = timezone.now()
+            run.save(update_fields=["status", "finished_at"])
+    return run
+
+
+def training_run_finish(
+    *, run_id: int, status: str, error: str = "", artifact_path: str = "", final_metrics: dict | None = None
+) -> ModelVersion | None:
+    """Close a run; a successful one registers its output as a new ModelVersion (parent: the
+    run's base version), in the same transaction."""
+    with transaction.atomic():
+        run = TrainingRun.objects.select_for_update().select_related("base_version").get(pk=run_id)
+        if run.status == TrainingRun.Status.CANCELLED and status != TrainingRun.Status.FAILED:
+            status = TrainingRun.Status.CANCELLED  # cancelled while it ran: keep it so
+        run.status, run.error, run.finished_at = status, error[:10_000], timezone.now()
+        run.save(update_fields=["status", "error", "finished_at"])
+        if status != TrainingRun.Status.SUCCEEDED:
+            return None
+        base = run.base_version
+        return ModelVersion.objects.create(
+            name=f"{base.name}+{run.kind}-{run.pk}",
+            kind=ModelVersion.Kind.REWARD if run.kind == TrainingRun.Kind.REWARD else ModelVersion.Kind.POLICY,
+            base=base.base,
+            parent=base,
+            artifact_path=artifact_path,
+            training_run=run,
+            metrics=final_metrics or {},
+        )
 
 
 # ---------------------------------------------------------------- fair assignment

@@ -48,3 +48,11 @@ def refill_buffers() -> dict[int, int]:
     if enqueued:
         logger.info("refilling buffers: %s", enqueued)
     return enqueued
+
+
+@shared_task(name="workers.tasks.gpu_train", ignore_result=False, acks_late=True)
+def gpu_train(run_id: int) -> str:
+    """Run a queued TrainingRun (gpu queue; the default task time limit of 6 h applies)."""
+    from workers.training_jobs import run_training
+
+    return run_training(run_id=run_id)

@@ -203,6 +203,8 @@ PREFLOOP = {
     "DEFAULT_POLICY": env.str("PREFLOOP_DEFAULT_POLICY", default="smollm2-135m-instruct"),
     # A buffer refill not finished after this long (a worker died) no longer blocks the next one.
     "REFILL_STALE_MINUTES": env.int("PREFLOOP_REFILL_STALE_MINUTES", default=60),
+    # Where training runs write checkpoints and final models (one run-<id> directory each).
+    "ARTIFACTS_DIR": env.str("PREFLOOP_ARTIFACTS_DIR", default=str(VAR_DIR / "artifacts")),
 }
 
 LOGGING = {
