@@ -158,6 +158,22 @@ def config_from(cls, file: str | Path | None = None, overrides: list[str] | dict
     return cls(**typed)
 
 
+def prepare_rows(cfg: TrainConfig, rows: list, eval_rows: list | None, tokenizer, tokenize: Callable):
+    """(training rows, training examples, held-out examples, report): held-out rows split off
+    when asked (deterministic by seed), both sides tokenised with the config's limits. No
+    training example left is an error that says why, not an empty run."""
+    from training.data import split_rows
+
+    if eval_rows is None and cfg.eval_fraction:
+        rows, eval_rows = split_rows(rows, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
+    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, min_response_tokens=cfg.min_response_tokens)
+    train_ex, report = tokenize(tokenizer, rows, **kw)
+    eval_ex, _ = tokenize(tokenizer, eval_rows or [], **kw)
+    if not train_ex:
+        raise ValueError(f"no training rows left after tokenisation: {report.as_dict()}")
+    return rows, train_ex, eval_ex, report
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -27,11 +27,12 @@ from training.common import (
     TrainConfig,
     load_model,
     pack_pairs,
+    prepare_rows,
     response_logps,
     seed_everything,
     train_loop,
 )
-from training.data import PreferenceExample, Report, manifest, split_rows, tokenize_preferences
+from training.data import PreferenceExample, Report, manifest, tokenize_preferences
 from training.formats import PreferenceRecord
 
 LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "simpo")
@@ -123,14 +124,8 @@ def train(
 ) -> tuple[Result, Report]:
     # ---- setup
     seed_everything(cfg.seed)
-    if eval_records is None and cfg.eval_fraction:
-        records, eval_records = split_rows(records, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     model, tokenizer, device = load_model(cfg)
-    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, min_response_tokens=cfg.min_response_tokens)
-    train_ex, report = tokenize_preferences(tokenizer, records, **kw)
-    eval_ex, _ = tokenize_preferences(tokenizer, eval_records or [], **kw)
-    if not train_ex:
-        raise ValueError(f"no training rows left after tokenisation: {report.as_dict()}")
+    records, train_ex, eval_ex, report = prepare_rows(cfg, records, eval_records, tokenizer, tokenize_preferences)
     average = cfg.loss_type in ("ipo", "simpo")  # length-normalised log-probs, as TRL computes them
     live_ref = None
     ref = ref_eval = None

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from training import losses
-from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack_pairs, seed_everything, train_loop, unwrap
-from training.data import PreferenceExample, Report, manifest, split_rows, tokenize_preferences
+from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack_pairs, prepare_rows, seed_everything, train_loop, unwrap
+from training.data import PreferenceExample, Report, manifest, tokenize_preferences
 from training.formats import PreferenceRecord
 
 
@@ -63,17 +63,11 @@ def train(
 ) -> tuple[Result, Report]:
     # ---- setup
     seed_everything(cfg.seed)
-    if eval_records is None and cfg.eval_fraction:
-        records, eval_records = split_rows(records, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     model, tokenizer, device = load_model(cfg, auto_class="AutoModelForSequenceClassification", num_labels=1)
     unwrap(model).config.pad_token_id = tokenizer.pad_token_id
     if cfg.lora_r:  # the new head must train too
         unwrap(model).score.requires_grad_(True)
-    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, min_response_tokens=cfg.min_response_tokens)
-    train_ex, report = tokenize_preferences(tokenizer, records, **kw)
-    eval_ex, _ = tokenize_preferences(tokenizer, eval_records or [], **kw)
-    if not train_ex:
-        raise ValueError(f"no training rows left after tokenisation: {report.as_dict()}")
+    records, train_ex, eval_ex, report = prepare_rows(cfg, records, eval_records, tokenizer, tokenize_preferences)
 
     # ---- train
     def batch_loss(rows: list[int]):

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 
 from training import losses
-from training.common import Result, TrainConfig, load_model, pack, response_logps, seed_everything, train_loop
-from training.data import Report, SFTExample, manifest, split_rows, tokenize_sft
+from training.common import Result, TrainConfig, load_model, pack, prepare_rows, response_logps, seed_everything, train_loop
+from training.data import Report, SFTExample, manifest, tokenize_sft
 
 
 @dataclass
@@ -36,14 +36,8 @@ def train(
 ) -> tuple[Result, Report]:
     # ---- setup
     seed_everything(cfg.seed)
-    if eval_rows is None and cfg.eval_fraction:
-        rows, eval_rows = split_rows(rows, eval_fraction=cfg.eval_fraction, seed=cfg.seed)
     model, tokenizer, device = load_model(cfg)
-    kw = dict(max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length, min_response_tokens=cfg.min_response_tokens)
-    train_ex, report = tokenize_sft(tokenizer, rows, **kw)
-    eval_ex, _ = tokenize_sft(tokenizer, eval_rows or [], **kw)
-    if not train_ex:
-        raise ValueError(f"no training rows left after tokenisation: {report.as_dict()}")
+    rows, train_ex, eval_ex, report = prepare_rows(cfg, rows, eval_rows, tokenizer, tokenize_sft)
 
     # ---- train
     def batch_loss(idx: list[int]):
