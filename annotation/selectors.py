@@ -98,6 +98,14 @@ def campaign_open_pairs(*, campaign: Campaign) -> int:
     return campaign.comparisons.filter(status=Comparison.Status.OPEN, kind=Comparison.Kind.NORMAL).count()
 
 
+def campaign_buffer_missing(*, campaign_id: int) -> int:
+    """Open comparisons the campaign lacks to fill its buffer (0 when full, inactive or off)."""
+    campaign = Campaign.objects.filter(pk=campaign_id, is_active=True).first()
+    if campaign is None:
+        return 0
+    return max(0, campaign.buffer_size - campaign_open_pairs(campaign=campaign))
+
+
 def campaigns_to_refill() -> list[tuple[int, int]]:
     """(campaign id, pairs missing) for each active campaign whose buffer of open comparisons
     is below ``buffer_size`` and that has training prompts to sample for."""

@@ -152,20 +152,26 @@ def campaign_policy_ensure(*, campaign: Campaign) -> ModelVersion:
     return campaign.policy
 
 
-def campaign_refill_claim(*, campaign_id: int, now: datetime | None = None) -> bool:
-    """Mark a buffer refill as in flight; False when one already is. A claim older than
-    ``REFILL_STALE_MINUTES`` (a worker that died) no longer blocks."""
+def campaign_refill_claim(*, campaign_id: int, now: datetime | None = None) -> datetime | None:
+    """Mark a buffer refill as in flight and return the claim's timestamp; None when one
+    already is. A claim older than ``REFILL_STALE_MINUTES`` (a worker that died) no longer blocks."""
     now = now or timezone.now()
     stale = now - timedelta(minutes=settings.PREFLOOP["REFILL_STALE_MINUTES"])
-    return bool(
+    claimed = (
         Campaign.objects.filter(pk=campaign_id)
         .filter(Q(refill_requested_at__isnull=True) | Q(refill_requested_at__lt=stale))
         .update(refill_requested_at=now)
     )
+    return now if claimed else None
 
 
-def campaign_refill_release(*, campaign_id: int) -> None:
-    Campaign.objects.filter(pk=campaign_id).update(refill_requested_at=None)
+def campaign_refill_release(*, campaign_id: int, claim: datetime | None = None) -> None:
+    """Release the refill claim; with ``claim``, only if it is still that one (a newer refill
+    that took over a stale claim keeps its own)."""
+    qs = Campaign.objects.filter(pk=campaign_id)
+    if claim is not None:
+        qs = qs.filter(refill_requested_at=claim)
+    qs.update(refill_requested_at=None)
 
 
 class SampledText(Protocol):
@@ -238,14 +244,26 @@ def training_run_create(*, campaign: Campaign, kind: str, config: dict | None = 
     return run
 
 
+def _finite(value):
+    """JSON that PostgreSQL's jsonb accepts: NaN / ±inf (a diverged loss) become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def training_run_start(*, run_id: int, device: str, data_manifest: dict) -> TrainingRun | None:
-    """Mark a queued run as running; None when it is no longer queued (cancelled, or another
-    worker got it first)."""
+    """Mark a queued run as running (a running one stays running: its task was redelivered
+    after a worker died, and resumes); None when it was cancelled or has finished."""
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or run.status != TrainingRun.Status.QUEUED:
+        if run is None or run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
             return None
-        run.status, run.device, run.data_manifest, run.started_at = TrainingRun.Status.RUNNING, device, data_manifest, timezone.now()
+        run.status, run.device, run.data_manifest = TrainingRun.Status.RUNNING, device, data_manifest
+        run.started_at = run.started_at or timezone.now()
         run.save(update_fields=["status", "device", "data_manifest", "started_at"])
     return run
 
@@ -254,7 +272,7 @@ def training_run_log(*, run_id: int, metrics: dict) -> None:
     """Append one metrics row (a step's losses and rewards) to the run, under a row lock."""
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().only("metrics").get(pk=run_id)
-        run.metrics = [*run.metrics, metrics]
+        run.metrics = [*run.metrics, _finite(metrics)]
         run.save(update_fields=["metrics"])
 
 
@@ -275,21 +293,22 @@ def training_run_finish(
     run's base version), in the same transaction."""
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().select_related("base_version").get(pk=run_id)
-        if run.status == TrainingRun.Status.CANCELLED and status != TrainingRun.Status.FAILED:
-            status = TrainingRun.Status.CANCELLED  # cancelled while it ran: keep it so
+        if run.status == TrainingRun.Status.CANCELLED:
+            status = TrainingRun.Status.CANCELLED  # cancelled while it ran or failed: what the admin asked for stands
         run.status, run.error, run.finished_at = status, error[:10_000], timezone.now()
         run.save(update_fields=["status", "error", "finished_at"])
         if status != TrainingRun.Status.SUCCEEDED:
             return None
         base = run.base_version
+        suffix = f"+{run.kind}-{run.pk}"
         return ModelVersion.objects.create(
-            name=f"{base.name}+{run.kind}-{run.pk}",
+            name=base.name[: 200 - len(suffix)] + suffix,
             kind=ModelVersion.Kind.REWARD if run.kind == TrainingRun.Kind.REWARD else ModelVersion.Kind.POLICY,
             base=base.base,
             parent=base,
             artifact_path=artifact_path,
             training_run=run,
-            metrics=final_metrics or {},
+            metrics=_finite(final_metrics or {}),
         )
 
 

@@ -45,8 +45,10 @@ def test_sampled_pairs_carry_provenance(sampled_campaign, policy_settings):
     assert campaign.policy == policy and policy.base == policy_settings and policy.parent is None
     comparisons = list(campaign.comparisons.all())
     assert len(comparisons) == 4 and all(c.kind == "normal" and c.status == "open" for c in comparisons)
-    # Least-covered prompts first: every training prompt got a pair before any got two; eval prompts none.
+    # Every training prompt got a pair before any got two; eval prompts none.
     assert {c.prompt_id for c in comparisons} == {p.pk for p in train}
+    # Least-covered first (train[0] now has 2 comparisons, the others 1), ties oldest first.
+    assert [p.pk for p in selectors.prompts_for_sampling(campaign=campaign, n=4)] == [train[1].pk, train[2].pk, train[0].pk, train[1].pk]
     responses = Response.objects.filter(prompt__campaign=campaign)
     assert responses.count() == 8
     params = SamplingParams.from_dict(SMALL).as_dict()
@@ -110,12 +112,17 @@ def test_campaigns_to_refill(db):
 
 def test_refill_claim_is_exclusive_until_released_or_stale(db):
     c = CampaignFactory()
-    assert services.campaign_refill_claim(campaign_id=c.pk)
-    assert not services.campaign_refill_claim(campaign_id=c.pk)
-    services.campaign_refill_release(campaign_id=c.pk)
-    assert services.campaign_refill_claim(campaign_id=c.pk)
+    first = services.campaign_refill_claim(campaign_id=c.pk)
+    assert first is not None
+    assert services.campaign_refill_claim(campaign_id=c.pk) is None
+    services.campaign_refill_release(campaign_id=c.pk, claim=first)
+    second = services.campaign_refill_claim(campaign_id=c.pk)
+    assert second is not None
     later = timezone.now() + timedelta(minutes=61)  # the worker holding it died
-    assert services.campaign_refill_claim(campaign_id=c.pk, now=later)
+    third = services.campaign_refill_claim(campaign_id=c.pk, now=later)
+    assert third == later
+    services.campaign_refill_release(campaign_id=c.pk, claim=second)  # the stale holder finishing late
+    assert services.campaign_refill_claim(campaign_id=c.pk) is None  # does not free the newer claim
 
 
 def test_refill_task_enqueues_once_per_campaign(db, monkeypatch):
@@ -128,7 +135,19 @@ def test_refill_task_enqueues_once_per_campaign(db, monkeypatch):
     monkeypatch.setattr(tasks.sample_pairs, "delay", lambda *a, **kw: sent.append((a, kw)))
     assert tasks.refill_buffers() == {c.pk: 3}
     assert tasks.refill_buffers() == {}  # claim still held: no second refill in flight
-    assert sent == [((c.pk, 3), {"release_refill": True})]
+    assert len(sent) == 1 and sent[0][0] == (c.pk, 3) and set(sent[0][1]) == {"refill_claim"}
+
+
+def test_refill_samples_what_is_missing_when_it_runs_and_frees_its_claim(sampled_campaign):
+    from workers import tasks
+
+    campaign, _ = sampled_campaign  # buffer_size 5
+    claim = services.campaign_refill_claim(campaign_id=campaign.pk)
+    sampling.campaign_sample_pairs(campaign_id=campaign.pk, n=3, seed=1)  # filled meanwhile by hand
+    result = tasks.sample_pairs(campaign.pk, 5, refill_claim=claim.isoformat())  # queued for 5, 2 missing now
+    assert result["created"] == 2 and campaign.comparisons.count() == 5
+    assert services.campaign_refill_claim(campaign_id=campaign.pk) is not None  # released
+    assert tasks.sample_pairs(campaign.pk, 5, refill_claim=timezone.now().isoformat()) == {"created": 0, "requested": 0}
 
 
 def test_invalid_sampling_params_are_refused(db):

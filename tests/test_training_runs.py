@@ -54,6 +54,15 @@ def test_reward_run_registers_a_reward_model(campaign):
     assert ModelVersion.objects.get(training_run=run).kind == "reward"
 
 
+def test_a_redelivered_run_resumes_and_non_finite_metrics_are_stored_as_null(campaign):
+    run = services.training_run_create(campaign=campaign, kind="dpo", config=SMALL)
+    services.training_run_start(run_id=run.pk, device="cpu", data_manifest={})  # the first worker died here
+    services.training_run_log(run_id=run.pk, metrics={"loss": float("nan"), "step": 0})
+    assert run_training(run_id=run.pk) == "succeeded"
+    run.refresh_from_db()
+    assert run.metrics[0] == {"loss": None, "step": 0} and run.status == "succeeded"
+
+
 def test_bad_config_fails_the_run_with_the_reason_and_registers_nothing(campaign):
     run = services.training_run_create(campaign=campaign, kind="dpo", config={"betta": 0.1})
     assert run_training(run_id=run.pk) == "failed"

@@ -68,7 +68,8 @@ def test_gpu_worker_fills_campaign_buffer_with_provenance(tmp_path, tiny_policy)
     with celery_worker(env=env, log=log, queues="gpu"):
         assert refill_buffers() == {campaign.pk: 4}
         wait_for(
-            lambda: not Campaign.objects.filter(pk=campaign.pk, refill_requested_at__isnull=False).exists(),
+            lambda: not Campaign.objects.filter(pk=campaign.pk, refill_requested_at__isnull=False).exists()
+            and Campaign.objects.get(pk=campaign.pk).comparisons.filter(status="open").count() == 5,
             timeout=120, what="the gpu worker to finish the refill", log=log,
         )
     assert "workers.tasks.sample_pairs" in log.read_text() and "succeeded" in log.read_text()

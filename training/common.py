@@ -85,9 +85,10 @@ class TrainConfig:
             if not (v >= 0 if allow_zero else v > 0):
                 raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
-        for name in ("lr", "batch_size", "grad_accum", "max_length", "max_prompt_length", "epochs", "logit_chunk", "min_response_tokens"):
+        for name in ("lr", "batch_size", "grad_accum", "max_length", "max_prompt_length", "epochs", "logit_chunk", "min_response_tokens",
+                     "log_every"):
             positive(name)
-        for name in ("weight_decay", "max_steps", "max_grad_norm", "eval_every", "log_every", "save_every", "lora_r", "lora_dropout",
+        for name in ("weight_decay", "max_steps", "max_grad_norm", "eval_every", "save_every", "lora_r", "lora_dropout",
                      "max_tokens_per_forward"):
             positive(name, allow_zero=True)
         if not 0 <= self.warmup_ratio < 1:
@@ -269,11 +270,12 @@ class _Builder:
         self.segments.append((start, len(self.ids), *prefix))
         return start
 
-    def targets(self, seq: int, positions: list[int], tokens: list[int]) -> None:
+    def targets(self, seq: int, positions: list[int], tokens: list[int], last: int) -> None:
+        """``last``: where the sequence's final token sits (a reward head reads there)."""
         self.t_pos.extend(positions)
         self.t_ids.extend(tokens)
         self.t_seq.extend([seq] * len(tokens))
-        self.last[seq] = positions[-1] + 1 if positions else self.last[seq]
+        self.last[seq] = last
 
     def build(self) -> Packed:
         long = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
@@ -289,7 +291,7 @@ def pack(seqs: list[tuple[list[int], list[int]]]) -> Packed:
     for i, (prompt, response) in enumerate(seqs):
         s = b.add(prompt + response, 0)
         first = s + len(prompt) - 1
-        b.targets(i, list(range(first, first + len(response))), response)
+        b.targets(i, list(range(first, first + len(response))), response, last=s + len(prompt) + len(response) - 1)
     return b.build()
 
 
@@ -304,9 +306,9 @@ def pack_pairs(triples: list[tuple[list[int], list[int], list[int]]]) -> Packed:
     for i, (prompt, chosen, rejected) in enumerate(triples):
         s = b.add(prompt + chosen, 0)
         p_last = s + len(prompt) - 1  # its hidden state predicts both responses' first token
-        b.targets(i, list(range(p_last, p_last + len(chosen))), chosen)
+        b.targets(i, list(range(p_last, p_last + len(chosen))), chosen, last=p_last + len(chosen))
         r = b.add(rejected, len(prompt), prefix=(s, s + len(prompt)))
-        b.targets(n + i, [p_last] + list(range(r, r + len(rejected) - 1)), rejected)
+        b.targets(n + i, [p_last] + list(range(r, r + len(rejected) - 1)), rejected, last=r + len(rejected) - 1)
     return b.build()
 
 
@@ -579,8 +581,12 @@ def save_checkpoint(out_dir: Path, *, step: int, model, tokenizer, cfg: TrainCon
             os.replace(item, dest)
         tmp.rmdir()
     else:
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)  # atomic: a checkpoint is whole or absent
+        # A checkpoint is whole or absent: an existing one is moved aside, not deleted, until the new one is in place.
+        old = out_dir / f".old-{step}-{os.getpid()}"
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -693,7 +699,8 @@ def train_loop(
             continue  # resumed: these steps are in the checkpoint
         if should_cancel is not None and should_cancel():
             status = "cancelled"
-            save(step)
+            if step != start or ckpt is None:  # else the checkpoint it resumed from already holds this state
+                save(step)
             break
         optimizer.zero_grad(set_to_none=True)
         step_stats: dict[str, float] = {}

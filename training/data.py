@@ -91,7 +91,8 @@ def _fit(prompt: list[int], responses: list[list[int]], *, max_length: int, max_
     if len(prompt) > max_prompt_length:
         prompt, cut = prompt[-max_prompt_length:], True
     room = max_length - len(prompt)
-    if room < min(min_response_tokens, min(len(r) for r in responses)):
+    # Every response must keep min_response_tokens (or all of itself, when shorter).
+    if any(room < min(min_response_tokens, len(r)) for r in responses):
         return None
     out = []
     for r in responses:

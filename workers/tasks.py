@@ -6,6 +6,7 @@ never loads it.
 """
 
 import logging
+from datetime import datetime
 
 from celery import shared_task
 
@@ -24,27 +25,39 @@ def expire_leases() -> int:
 
 
 @shared_task(name="workers.tasks.sample_pairs", ignore_result=False, soft_time_limit=60 * 60, time_limit=60 * 60 + 120)
-def sample_pairs(campaign_id: int, n: int, release_refill: bool = False) -> dict:
-    """Sample ``n`` pairs for a campaign from its active policy (gpu queue). When started by
-    ``refill_buffers``, release the campaign's refill claim at the end, whatever happened."""
+def sample_pairs(campaign_id: int, n: int, refill_claim: str | None = None) -> dict:
+    """Sample ``n`` pairs for a campaign from its active policy (gpu queue). A refill (started
+    by ``refill_buffers`` with its claim) samples what is missing when it runs, not when it
+    was queued, and releases its own claim at the end, whatever happened."""
     from workers.sampling import campaign_sample_pairs
 
+    claim = datetime.fromisoformat(refill_claim) if refill_claim else None
     try:
+        if claim is not None:
+            n = selectors.campaign_buffer_missing(campaign_id=campaign_id)
+            if n <= 0:
+                return {"created": 0, "requested": 0}
         return campaign_sample_pairs(campaign_id=campaign_id, n=n).as_dict()
     finally:
-        if release_refill:
-            services.campaign_refill_release(campaign_id=campaign_id)
+        if claim is not None:
+            services.campaign_refill_release(campaign_id=campaign_id, claim=claim)
 
 
 @shared_task(name="workers.tasks.refill_buffers", ignore_result=False, soft_time_limit=60, time_limit=120)
 def refill_buffers() -> dict[int, int]:
     """Beat, every 30 s: for each active campaign below its buffer of open comparisons, enqueue
-    one ``sample_pairs`` for the pairs missing, unless a refill is already in flight."""
+    one ``sample_pairs`` refill, unless one is already in flight."""
     enqueued = {}
     for campaign_id, missing in selectors.campaigns_to_refill():
-        if services.campaign_refill_claim(campaign_id=campaign_id):
-            sample_pairs.delay(campaign_id, missing, release_refill=True)
-            enqueued[campaign_id] = missing
+        claim = services.campaign_refill_claim(campaign_id=campaign_id)
+        if claim is None:
+            continue
+        try:
+            sample_pairs.delay(campaign_id, missing, refill_claim=claim.isoformat())
+        except Exception:  # the broker is down: free the claim so the next beat retries
+            services.campaign_refill_release(campaign_id=campaign_id, claim=claim)
+            raise
+        enqueued[campaign_id] = missing
     if enqueued:
         logger.info("refilling buffers: %s", enqueued)
     return enqueued

@@ -31,8 +31,12 @@ def run_training(*, run_id: int) -> str:
     from training.models import resolve_device
 
     run = TrainingRun.objects.select_related("base_version", "campaign").get(pk=run_id)
+    if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+        return run.status  # cancelled before it started, or already finished
     recipes = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig), "dpo": (dpo, dpo.DPOConfig)}
     try:
+        if run.kind not in recipes:
+            raise ValueError(f"no trainer for kind {run.kind!r} yet")
         recipe, config_cls = recipes[run.kind]
         cfg = config_from(config_cls, None, {**run.config, "model": run.base_version.spec})
         rows = selectors.training_rows(campaign=run.campaign) if run.campaign else []
@@ -47,9 +51,11 @@ def run_training(*, run_id: int) -> str:
         from training.data import manifest
 
         data = [(r.prompt, r.chosen) for r in records] if run.kind == "sft" else records
-    except (ValueError, TypeError) as exc:
+    except Exception as exc:  # a config or data problem: the run records why
         services.training_run_finish(run_id=run_id, status=TrainingRun.Status.FAILED, error=str(exc))
         return TrainingRun.Status.FAILED
+    # A redelivered task (the worker died mid-run: acks_late) finds the run RUNNING and resumes
+    # it from its last checkpoint in the same directory.
     if services.training_run_start(run_id=run_id, device=str(resolve_device(cfg.device)), data_manifest=manifest(records)) is None:
         return TrainingRun.objects.get(pk=run_id).status
     out = artifacts_dir() / f"run-{run_id}"
@@ -69,7 +75,13 @@ def run_training(*, run_id: int) -> str:
         services.training_run_finish(run_id=run_id, status=TrainingRun.Status.CANCELLED)
         return TrainingRun.Status.CANCELLED
     final = result.metrics[-1] if result.metrics else {}
-    version = services.training_run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, artifact_path=str(out),
-                                           final_metrics={**final, "data_report": report.as_dict()})
+    try:
+        version = services.training_run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, artifact_path=str(out),
+                                               final_metrics={**final, "data_report": report.as_dict()})
+    except Exception as exc:  # never leave a finished run RUNNING
+        logger.exception("training run %s: could not register its output", run_id)
+        services.training_run_finish(run_id=run_id, status=TrainingRun.Status.FAILED,
+                                     error=f"trained into {out} but could not register it: {type(exc).__name__}: {exc}")
+        return TrainingRun.Status.FAILED
     logger.info("training run %s succeeded: %s", run_id, version)
     return TrainingRun.Status.SUCCEEDED

@@ -48,6 +48,10 @@ def test_truncation_keeps_prompt_end_and_response_start_and_drops_what_cannot_fi
     assert len(ex) == 1 and report.dropped_too_long == 1 and report.kept == 1
     # A short answer that fits whole is kept even when shorter than min_response_tokens.
     assert len(ex[0].response_ids) < 8
+    # A pair is dropped when either response would be cut below the minimum, even if the other fits.
+    short, long_ = PreferenceRecord(long_q, "Yes.", long_a), PreferenceRecord(long_q, long_a, "Yes.")
+    ex, report = tokenize_preferences(tokenizer, [short, long_], max_length=70, max_prompt_length=64, min_response_tokens=8)
+    assert ex == [] and report.dropped_too_long == 2
 
 
 def test_packed_forward_equals_separate_forwards_and_masks_prompts(tiny_model, tokenizer):
@@ -106,3 +110,9 @@ def test_pairs_share_their_prompt_and_equal_separate_sequences(tiny_model):
     assert torch.allclose(a.sums, b.sums, atol=1e-4) and torch.equal(a.counts, b.counts)
     # The last token of every sequence (where the reward head reads) has the same hidden state.
     assert torch.allclose(ha[shared.seq_last], hb[separate.seq_last], atol=1e-4)
+
+
+def test_one_token_rejected_response_is_read_at_its_own_position():
+    packed = pack_pairs([([1, 5, 9], [20, 21, 2], [2])])  # an empty rejected reply is just its EOS
+    assert packed.seq_last.tolist() == [5, 6] and packed.input_ids[0, 6].item() == 2
+    assert packed.target_pos.tolist() == [2, 3, 4, 2]  # the prompt's last position predicts both first tokens

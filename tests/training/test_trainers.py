@@ -147,6 +147,8 @@ def test_config_loading(tmp_path):
         config_from(dpo.DPOConfig, None, ["loss_type=kto"])
     with pytest.raises(ValueError, match="unknown config key.*beta"):
         config_from(sft.SFTConfig, None, ["beta=0.1"])
+    with pytest.raises(ValueError, match="log_every must be > 0"):
+        config_from(sft.SFTConfig, None, ["log_every=0"])
 
 
 def test_cli(tiny_policy, tmp_path):
