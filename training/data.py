@@ -146,54 +146,57 @@ def tokenize_sft(
     return out, report
 
 
-def read_preferences(path: str | Path, report: Report | None = None) -> tuple[list[PreferenceRecord], Report]:
-    """Preference rows from JSONL: TRL format (the platform's export) or Anthropic HH
-    (whole ``chosen`` / ``rejected`` dialogues). Unreadable lines are reported, not fatal."""
-    report = report or Report()
-    records = []
+def _read_jsonl(path: str | Path, report: Report, convert) -> list:
+    """``convert(row)`` for every JSON line of ``path``; a line that cannot be read or converted
+    is reported ("line N: reason") and skipped, not fatal."""
+    out = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            row = parse_json_line(line)
-            is_hh = "prompt" not in row and isinstance(row.get("chosen"), str)
-            records.append(hh_preference(row) if is_hh else trl_preference(row))
+            out.append(convert(parse_json_line(line)))
         except FormatError as exc:
             report.errors.append(f"line {number}: {exc}")
-    return records, report
+    return out
+
+
+def _preference(row: dict) -> PreferenceRecord:
+    is_hh = "prompt" not in row and isinstance(row.get("chosen"), str)
+    return hh_preference(row) if is_hh else trl_preference(row)
+
+
+def _sft_row(row: dict) -> tuple[list[dict], str]:
+    from training.formats import prompt_from_row, validate_messages
+
+    if "chosen" in row:
+        rec = _preference(row)
+        return rec.prompt, rec.chosen
+    if "messages" in row:
+        msgs = validate_messages(row["messages"])
+        if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+            raise FormatError("messages must end with an assistant turn after a prompt")
+        return msgs[:-1], msgs[-1]["content"]
+    completion = row.get("completion", row.get("response"))
+    if isinstance(completion, list) and len(completion) == 1 and isinstance(completion[0], dict):
+        completion = completion[0].get("content")
+    if not isinstance(completion, str) or not completion:
+        raise FormatError("missing 'completion' (a string or one assistant turn)")
+    return prompt_from_row({"prompt": row.get("prompt")}), completion
+
+
+def read_preferences(path: str | Path, report: Report | None = None) -> tuple[list[PreferenceRecord], Report]:
+    """Preference rows from JSONL: TRL format (the platform's export) or Anthropic HH
+    (whole ``chosen`` / ``rejected`` dialogues). Unreadable lines are reported, not fatal."""
+    report = report or Report()
+    return _read_jsonl(path, report, _preference), report
 
 
 def read_sft(path: str | Path, report: Report | None = None) -> tuple[list[tuple[list[dict], str]], Report]:
     """SFT rows from JSONL: ``{"prompt", "completion"}`` / ``{"prompt", "response"}`` (prompt a
     string or message list, completion a string or one assistant turn), ``{"messages": [...]}``
     ending with an assistant turn, or preference rows (their chosen response is used)."""
-    from training.formats import prompt_from_row, validate_messages
-
     report = report or Report()
-    rows = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json_line(line)
-            if "chosen" in row:
-                rec = trl_preference(row) if "prompt" in row or not isinstance(row["chosen"], str) else hh_preference(row)
-                rows.append((rec.prompt, rec.chosen))
-            elif "messages" in row:
-                msgs = validate_messages(row["messages"])
-                if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-                    raise FormatError("messages must end with an assistant turn after a prompt")
-                rows.append((msgs[:-1], msgs[-1]["content"]))
-            else:
-                completion = row.get("completion", row.get("response"))
-                if isinstance(completion, list) and len(completion) == 1 and isinstance(completion[0], dict):
-                    completion = completion[0].get("content")
-                if not isinstance(completion, str) or not completion:
-                    raise FormatError("missing 'completion' (a string or one assistant turn)")
-                rows.append((prompt_from_row({"prompt": row.get("prompt")}), completion))
-        except FormatError as exc:
-            report.errors.append(f"line {number}: {exc}")
-    return rows, report
+    return _read_jsonl(path, report, _sft_row), report
 
 
 def split_rows(rows: list, *, eval_fraction: float, seed: int = 0) -> tuple[list, list]:
