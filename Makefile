@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 PORT ?= 8000
 
-.PHONY: install demo test services chromium clean
+.PHONY: install demo test services chromium bench-deps clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ chromium:
 
 test: install services chromium
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+# The benchmarks' peers (TRL), so anyone can reproduce benchmarks/RESULTS.md; not needed otherwise.
+bench-deps: install
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-bench.txt
 
 clean:
 	rm -rf var .pytest_cache

@@ -6,6 +6,12 @@ checked: no comparison over its overlap, no annotator twice on a comparison, no 
 
     python benchmarks/assignment_load.py --db sqlite:////tmp/load.sqlite3 [--quick]
     python benchmarks/assignment_load.py --db postgres://postgres@127.0.0.1:5432/prefloop_bench
+    python benchmarks/assignment_load.py --db sqlite:////tmp/load.sqlite3 --db postgres://... [--repeats 5]
+
+Each run is its own process (a fresh Django set up on that database, a new campaign); with
+several ``--db`` the runs are interleaved (``benchmarks/harness.py``, which also refuses a busy
+machine) and the RESULT gives each database's median cycles/s with its min-max. CPU time is
+this process's (client + Django; PostgreSQL's server processes are not in it).
 
 Peer (recorded in issue 2, not run here): Label Studio 1.23 on its SQLite default gave tasks
 4-7 annotations against an overlap of 3 with 10 concurrent annotators; best 7.7 cycles/s.
@@ -17,7 +23,7 @@ import argparse
 import json
 import os
 import random
-import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -26,9 +32,11 @@ from pathlib import Path
 
 LABEL_STUDIO_CYCLES_PER_S = 7.7
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks import harness  # noqa: E402
+
 
 def setup_django(db_url: str | None) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     if db_url:
         os.environ["DATABASE_URL"] = db_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "webapp.settings.local")
@@ -103,12 +111,12 @@ def run_load(*, campaign, users, seed: int = 0) -> dict:
                 stats["errors"] += errors
 
     threads = [threading.Thread(target=annotator, args=(u, i)) for i, u in enumerate(users)]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
 
     comparisons = Comparison.objects.filter(campaign=campaign)
     votes = Vote.objects.filter(comparison__campaign=campaign)
@@ -122,6 +130,7 @@ def run_load(*, campaign, users, seed: int = 0) -> dict:
         "cycles": stats["cycles"],
         "elapsed_s": round(elapsed, 3),
         "cycles_per_s": round(stats["cycles"] / elapsed, 2),
+        "cpu_ms_per_cycle": round(cpu / max(1, stats["cycles"]) * 1000, 2),
         "accepted_votes": stats["accepted_votes"],
         "stored_votes": votes.count(),
         "max_votes_on_a_comparison": max(actual.values(), default=0),
@@ -134,46 +143,75 @@ def run_load(*, campaign, users, seed: int = 0) -> dict:
     }
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--db", help="DATABASE_URL (default: the embedded SQLite default)")
-    p.add_argument("--annotators", type=int, default=20)
-    p.add_argument("--comparisons", type=int, default=100)
-    p.add_argument("--votes-per-pair", type=int, default=3)
-    p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--quick", action="store_true", help="1 run, 30 comparisons")
-    p.add_argument("--json", action="store_true", help="print each run's report as JSON")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.runs, args.comparisons = 1, 30
-    setup_django(args.db)
+def one_run(args) -> dict:
+    """One run in this process, on ``args.child_db``: a new campaign, the load, the checks."""
+    setup_django(args.child_db or None)
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0)
-    rates = []
-    for run in range(args.runs):
-        campaign, users = make_campaign(
-            slug=f"load-{uuid.uuid4().hex[:8]}", n_comparisons=args.comparisons, n_annotators=args.annotators, votes_per_pair=args.votes_per_pair
-        )
-        report = run_load(campaign=campaign, users=users, seed=run)
-        ok = (
-            report["max_votes_on_a_comparison"] <= args.votes_per_pair
-            and report["duplicate_annotator_votes"] == 0
-            and report["accepted_votes"] == report["stored_votes"]
-            and report["counter_matches_rows"]
-            and not report["errors"]
-            and report["stored_votes"] == report["comparisons"] * args.votes_per_pair  # all work done
-        )
-        report["guarantees_hold"] = ok
-        rates.append(report["cycles_per_s"])
-        print(json.dumps(report) if args.json else f"run {run}: {report['cycles_per_s']} cycles/s, {report['stored_votes']} votes, guarantees {'hold' if ok else 'BROKEN'}")
+    campaign, users = make_campaign(
+        slug=f"load-{uuid.uuid4().hex[:8]}", n_comparisons=args.comparisons, n_annotators=args.annotators, votes_per_pair=args.votes_per_pair
+    )
+    report = run_load(campaign=campaign, users=users, seed=args.seed)
+    report["guarantees_hold"] = (
+        report["max_votes_on_a_comparison"] <= args.votes_per_pair
+        and report["duplicate_annotator_votes"] == 0
+        and report["accepted_votes"] == report["stored_votes"]
+        and report["counter_matches_rows"]
+        and not report["errors"]
+        and report["stored_votes"] == report["comparisons"] * args.votes_per_pair  # all work done
+    )
+    return report
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--db", action="append", help="DATABASE_URL; repeat to interleave databases (default: the embedded SQLite default)")
+    p.add_argument("--annotators", type=int, default=20)
+    p.add_argument("--comparisons", type=int, default=100)
+    p.add_argument("--votes-per-pair", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="1 round, 30 comparisons")
+    p.add_argument("--json", action="store_true", help="print each run's report as JSON")
+    p.add_argument("--child-db", help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    harness.add_arguments(p, repeats=5)
+    args = p.parse_args(argv)
+    if args.child_db is not None:
+        print("BENCH " + json.dumps(one_run(args)))
+        return
+    if args.quick:
+        args.repeats, args.comparisons = 1, 30
+    harness.require_idle(args)
+    dbs = args.db or [""]
+    rates: dict[str, list[float]] = {db: [] for db in dbs}
+    cpu: dict[str, list[float]] = {db: [] for db in dbs}
+    vendor: dict[str, str] = {}
+    common = ["--annotators", str(args.annotators), "--comparisons", str(args.comparisons), "--votes-per-pair", str(args.votes_per_pair)]
+    for run, db in harness.rounds(dbs, args.repeats):
+        proc = subprocess.run([sys.executable, __file__, "--child-db", db, "--seed", str(run), *common], capture_output=True, text=True)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+        if proc.returncode != 0 or line is None:
+            raise SystemExit(f"run {run} on {db or 'the embedded default'} failed:\n{proc.stderr[-4000:]}")
+        report = json.loads(line[6:])
+        vendor[db] = report["vendor"]
+        rates[db].append(report["cycles_per_s"])
+        cpu[db].append(report["cpu_ms_per_cycle"])
+        ok = report["guarantees_hold"]
+        print(json.dumps(report) if args.json else
+              f"round {run} {report['vendor']:<10}: {report['cycles_per_s']} cycles/s, CPU {report['cpu_ms_per_cycle']} ms/cycle, "
+              f"{report['stored_votes']} votes, guarantees {'hold' if ok else 'BROKEN'}", flush=True)
         if not ok:
             sys.exit(1)
-    median = statistics.median(rates)
-    print(
-        f"RESULT db={report['vendor']} annotators={args.annotators} cycles_per_s={median:.1f} "
-        f"ratio_vs_label_studio={median / LABEL_STUDIO_CYCLES_PER_S:.1f} guarantees_hold=1"
-    )
+    fields: dict = {"annotators": args.annotators}
+    for db in dbs:
+        prefix = f"{vendor[db]}_" if len(dbs) > 1 else ""
+        print(f"{vendor[db]}: {harness.fmt_spread(rates[db], 1)} cycles/s, CPU {harness.fmt_spread(cpu[db], 1)} ms/cycle (median, min-max)")
+        fields.update(harness.median_fields(f"{prefix}cycles_per_s", rates[db]))
+        fields[f"{prefix}ratio_vs_label_studio"] = harness.spread(rates[db])[0] / LABEL_STUDIO_CYCLES_PER_S
+    if len(dbs) == 1:
+        fields = {"db": vendor[dbs[0]], **fields}
+    fields["guarantees_hold"] = 1
+    print(harness.result_line(fields))
 
 
 if __name__ == "__main__":

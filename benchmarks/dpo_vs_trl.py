@@ -17,9 +17,14 @@ RSS (the process's max resident set, model loading included). Reference log-prob
 (ours and trl-best) is not in the step times. Loss parity: on one batch, both start at ln 2
 and, after one identical AdamW update, their losses are compared (fed the same token ids).
 
-TRL is installed only for this benchmark: ``pip install --no-deps trl==1.16.0``.
+Robust to a noisy machine (``benchmarks/harness.py``): it refuses to start while another job is
+on the cores; the configurations run interleaved in ``--repeats`` rounds (default 3), the ratios
+are paired within a round, and the RESULT gives each ratio's median over rounds with its
+min-max (``_min`` / ``_max``); CPU seconds per step are printed beside wall seconds.
 
-    python benchmarks/dpo_vs_trl.py [--quick] [--steps 6]
+TRL is installed only for benchmarks: ``make bench-deps`` (``requirements-bench.txt``).
+
+    python benchmarks/dpo_vs_trl.py [--quick] [--steps 5] [--repeats 3] [--force]
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks import harness  # noqa: E402
 
 BATCH, MAX_LEN, BETA = 4, 256, 0.1
 SPEED_LR = 1e-6  # TRL's DPO default
@@ -94,25 +101,34 @@ def run_ours(kind: str, steps: int, extra: list[str]) -> dict:
     base = [f"max_steps={steps}", f"batch_size={BATCH}", f"max_length={MAX_LEN}", f"max_prompt_length={MAX_LEN - 1}",
             "min_response_tokens=1", "warmup_ratio=0", "log_every=1", "seed=0"]
     times = []
+    clock = harness.StepClock()  # CPU time between consecutive step callbacks: steps 2..n
+
+    def on_metrics(step, m):
+        if "seconds_per_step" in m:
+            times.append(m["seconds_per_step"])
+            clock.tick()
+
     with tempfile.TemporaryDirectory() as out:
         if kind == "dpo":
             cfg = config_from(dpo.DPOConfig, None, base + [f"lr={SPEED_LR}", f"beta={BETA}"] + extra)
-            result, _ = dpo.train(cfg, records, out, on_metrics=lambda s, m: times.append(m["seconds_per_step"]) if "seconds_per_step" in m else None)
+            result, _ = dpo.train(cfg, records, out, on_metrics=on_metrics)
         else:
             cfg = config_from(reward.RewardConfig, None, base + ["lr=1e-4"] + extra)
-            result, _ = reward.train(cfg, records, out, on_metrics=lambda s, m: times.append(m["seconds_per_step"]) if "seconds_per_step" in m else None)
-    return {"times": times, "tokens": sum(counted), "peak_rss_gb": peak_rss_gb(), "first_loss": result.metrics[0]["loss"]}
+            result, _ = reward.train(cfg, records, out, on_metrics=on_metrics)
+    return {"times": times, "cpu_times": clock.cpu, "tokens": sum(counted), "peak_rss_gb": peak_rss_gb(),
+            "first_loss": result.metrics[0]["loss"]}
 
 
 class _StepTimer:
     def __init__(self):
-        self.times, self._t = [], 0.0
+        self.times, self.cpu_times, self._t, self._c = [], [], 0.0, 0.0
 
     def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
+        self._t, self._c = time.perf_counter(), time.process_time()
 
     def on_step_end(self, args, state, control, **kw):
         self.times.append(time.perf_counter() - self._t)
+        self.cpu_times.append(time.process_time() - self._c)
 
 
 def _trl_dataset(texts):
@@ -152,7 +168,8 @@ def run_trl(kind: str, steps: int, best: bool) -> dict:
             trainer = RewardTrainer(model=model, args=args, train_dataset=_trl_dataset(texts), processing_class=tok, callbacks=[cb])
         trainer.train()
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"times": timer.times, "tokens": sum(counted), "peak_rss_gb": peak_rss_gb(), "first_loss": losses[0] if losses else None}
+    # CPU of steps 2..n, as on our side.
+    return {"times": timer.times, "cpu_times": timer.cpu_times[1:], "tokens": sum(counted), "peak_rss_gb": peak_rss_gb(), "first_loss": losses[0] if losses else None}
 
 
 def run_parity() -> dict:
@@ -228,19 +245,32 @@ def summarise(name: str, r: dict) -> dict:
     times = r["times"]
     steady = times[1:] if len(times) > 2 else times  # the first step warms caches and allocators
     r["median_s_per_step"] = statistics.median(steady)
+    r["median_cpu_s_per_step"] = statistics.median(r["cpu_times"]) if r.get("cpu_times") else math.nan
     r["tokens_per_s"] = r["tokens"] / sum(times)
-    print(f"{name:<18} median {r['median_s_per_step']:6.2f} s/step  {r['tokens_per_s']:6.1f} tokens/s  "
-          f"peak RSS {r['peak_rss_gb']:.2f} GB  first loss {r['first_loss']:.4f}  steps {[round(t, 1) for t in times]}", flush=True)
+    print(f"{name:<22} median {r['median_s_per_step']:6.2f} s/step (CPU {r['median_cpu_s_per_step']:6.2f} s)  "
+          f"{r['tokens_per_s']:6.1f} tokens/s  peak RSS {r['peak_rss_gb']:.2f} GB  first loss {r['first_loss']:.4f}  "
+          f"steps {[round(t, 1) for t in times]}", flush=True)
     return r
+
+
+CONFIGS = {  # name -> (child spec without steps, takes --ours extras)
+    "dpo ours": ("dpo:ours", True),
+    "dpo ours-fast": ("dpo:ours-fast", True),
+    "dpo trl-default": ("dpo:trl-default", False),
+    "dpo trl-best": ("dpo:trl-best", False),
+    "reward ours": ("reward:ours", True),
+    "reward trl-default": ("reward:trl-default", False),
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="3 steps per configuration")
+    ap.add_argument("--quick", action="store_true", help="3 steps per configuration, one round")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--ours", nargs="*", default=[], metavar="key=value", help="extra config for our trainers")
     ap.add_argument("--skip-reward", action="store_true")
+    harness.add_arguments(ap)
     args = ap.parse_args()
     if args.child:
         what, *rest = args.child
@@ -254,35 +284,50 @@ def main() -> None:
                 res = run_trl(kind, int(steps), best=side == "trl-best")
         print("BENCH " + json.dumps(res))
         return
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("TRL is not installed: run `make bench-deps` (pip install -r requirements-bench.txt) first.") from None
 
-    steps = 3 if args.quick else args.steps
+    steps, repeats = (3, 1) if args.quick else (args.steps, args.repeats)
+    harness.require_idle(args)
     import torch
 
     print(f"SmolLM2-135M-Instruct fp32 on CPU ({torch.get_num_threads()} threads); batch {BATCH}, max length {MAX_LEN}, "
-          f"beta {BETA}, {steps} steps per configuration", flush=True)
-    res = {}
-    for name in ("ours", "ours-fast", "trl-default", "trl-best"):
-        extra = (["activation_checkpointing=false"] if name == "ours-fast" else []) + (args.ours if name.startswith("ours") else [])
-        res[name] = summarise(f"dpo {name}", _child([f"dpo:{name}:{steps}", *extra]))
-    if not args.skip_reward:
-        for name in ("ours", "trl-default"):
-            res[f"rm-{name}"] = summarise(f"reward {name}", _child([f"reward:{name}:{steps}", *(args.ours if name == "ours" else [])]))
+          f"beta {BETA}, {steps} steps per configuration, {repeats} interleaved round(s)", flush=True)
+    names = [n for n in CONFIGS if not (args.skip_reward and n.startswith("reward"))]
+    res: dict[str, list[dict]] = {n: [] for n in names}
+    for r, name in harness.rounds(names, repeats):
+        spec, takes_extra = CONFIGS[name]
+        extra = (["activation_checkpointing=false"] if name.endswith("ours-fast") else []) + (args.ours if takes_extra else [])
+        res[name].append(summarise(f"[{r}] {name}", _child([f"{spec}:{steps}", *extra])))
     parity = _child(["parity"])
     print("parity: " + json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in parity.items()}), flush=True)
-    o, d, b = res["ours"], res["trl-default"], res["trl-best"]
+
+    def per_round(a: str, b: str, key: str) -> list[float]:
+        # Paired within a round: both ran minutes apart under the same conditions.
+        return [x[key] / y[key] for x, y in zip(res[a], res[b])]
+
+    print("\nmedians over rounds (min-max):")
+    for name in names:
+        print(f"  {name:<20} {harness.fmt_spread([x['tokens_per_s'] for x in res[name]], 1)} tokens/s, "
+              f"{harness.fmt_spread([x['median_s_per_step'] for x in res[name]])} s/step, "
+              f"CPU {harness.fmt_spread([x['median_cpu_s_per_step'] for x in res[name]])} s/step, "
+              f"peak RSS {harness.fmt_spread([x['peak_rss_gb'] for x in res[name]])} GB")
     fields = {
-        "tokens_per_s_ratio": o["tokens_per_s"] / d["tokens_per_s"],
-        "peak_rss_ratio": o["peak_rss_gb"] / d["peak_rss_gb"],
-        "tokens_per_s_ratio_best": o["tokens_per_s"] / b["tokens_per_s"],
-        "peak_rss_ratio_best": o["peak_rss_gb"] / b["peak_rss_gb"],
-        "loss_abs_diff": max(parity["loss_abs_diff_0"], parity["loss_abs_diff_1"]),
-        "fast_tokens_per_s_ratio": res["ours-fast"]["tokens_per_s"] / d["tokens_per_s"],
-        "fast_peak_rss_ratio": res["ours-fast"]["peak_rss_gb"] / d["peak_rss_gb"],
+        **harness.median_fields("tokens_per_s_ratio", per_round("dpo ours", "dpo trl-default", "tokens_per_s")),
+        **harness.median_fields("peak_rss_ratio", per_round("dpo ours", "dpo trl-default", "peak_rss_gb")),
+        **harness.median_fields("tokens_per_s_ratio_best", per_round("dpo ours", "dpo trl-best", "tokens_per_s")),
+        "peak_rss_ratio_best": harness.spread(per_round("dpo ours", "dpo trl-best", "peak_rss_gb"))[0],
+        "fast_tokens_per_s_ratio": harness.spread(per_round("dpo ours-fast", "dpo trl-default", "tokens_per_s"))[0],
+        "fast_peak_rss_ratio": harness.spread(per_round("dpo ours-fast", "dpo trl-default", "peak_rss_gb"))[0],
     }
     if not args.skip_reward:
-        fields["rm_tokens_per_s_ratio"] = res["rm-ours"]["tokens_per_s"] / res["rm-trl-default"]["tokens_per_s"]
-        fields["rm_peak_rss_ratio"] = res["rm-ours"]["peak_rss_gb"] / res["rm-trl-default"]["peak_rss_gb"]
-    print("RESULT " + " ".join(f"{k}={v:.3g}" if not math.isnan(v) else f"{k}=nan" for k, v in fields.items()))
+        fields.update(harness.median_fields("rm_tokens_per_s_ratio", per_round("reward ours", "reward trl-default", "tokens_per_s")))
+        fields["rm_peak_rss_ratio"] = harness.spread(per_round("reward ours", "reward trl-default", "peak_rss_gb"))[0]
+    fields["loss_abs_diff"] = max(parity["loss_abs_diff_0"], parity["loss_abs_diff_1"])
+    fields["rounds"] = repeats
+    print(harness.result_line(fields))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,11 @@ campaign's), same settings (temperature 0.7, top-p 0.95, k samples per prompt, m
 tokens): ours is ``training.sampling.generate`` (all prompts x k in left-padded batches, with
 log-prob sums); the peer is the loop people write first, one ``model.generate`` call per
 sample. Tokens are the generated ones up to and including EOS; a batch keeps stepping until its
-longest member ends, and that idle work counts against us. Runs alternate; medians are reported.
+longest member ends, and that idle work counts against us. The two run interleaved in
+``--repeats`` rounds (``benchmarks/harness.py``: refuses a busy machine); the RESULT is the
+median of the per-round speedups with their min-max, CPU seconds beside wall seconds.
 
-    python benchmarks/sampling.py [--quick] [--prompts 8] [--k 2] [--max-new-tokens 64] [--runs 3]
+    python benchmarks/sampling.py [--quick] [--prompts 8] [--k 2] [--max-new-tokens 64] [--repeats 3] [--force]
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from benchmarks import harness  # noqa: E402
 
 
 def one_at_a_time(model, tokenizer, prompts, *, k, params, seed) -> int:
@@ -46,16 +49,17 @@ def one_at_a_time(model, tokenizer, prompts, *, k, params, seed) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="4 prompts, 16 new tokens, 1 run")
+    ap.add_argument("--quick", action="store_true", help="4 prompts, 16 new tokens, 1 round")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--model", default="smollm2-135m-instruct")
+    harness.add_arguments(ap)
     args = ap.parse_args()
     if args.quick:
-        args.prompts, args.max_new_tokens, args.runs = 4, 16, 1
+        args.prompts, args.max_new_tokens, args.repeats = 4, 16, 1
+    harness.require_idle(args)
 
     import torch
 
@@ -71,21 +75,29 @@ def main() -> None:
           f"batch_size={args.batch_size}", flush=True)
     generate(model, tokenizer, prompts[:1], k=1, params=SamplingParams(max_new_tokens=2))  # warm-up
 
-    ours, peer = [], []
-    for run in range(args.runs):
-        for name in (("ours", "peer") if run % 2 == 0 else ("peer", "ours")):
-            t0 = time.perf_counter()
-            if name == "ours":
-                out = generate(model, tokenizer, prompts, k=args.k, params=params, seed=run)
-                n = sum(s.token_count for row in out for s in row)
-            else:
-                n = one_at_a_time(model, tokenizer, prompts, k=args.k, params=params, seed=run)
-            dt = time.perf_counter() - t0
-            (ours if name == "ours" else peer).append(n / dt)
-            print(f"run {run} {name:>4}: {n} tokens in {dt:.1f} s = {n / dt:.1f} tokens/s", flush=True)
-    o, p = statistics.median(ours), statistics.median(peer)
-    print(f"median tokens/s: batched {o:.1f}, one at a time {p:.1f}")
-    print(f"RESULT speedup={o / p:.2f} batched_tokens_per_s={o:.1f} one_at_a_time_tokens_per_s={p:.1f}")
+    rate = {"ours": [], "peer": []}
+    cpu_per_token = {"ours": [], "peer": []}
+    for run, name in harness.rounds(["ours", "peer"], args.repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        if name == "ours":
+            out = generate(model, tokenizer, prompts, k=args.k, params=params, seed=run)
+            n = sum(s.token_count for row in out for s in row)
+        else:
+            n = one_at_a_time(model, tokenizer, prompts, k=args.k, params=params, seed=run)
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
+        rate[name].append(n / dt)
+        cpu_per_token[name].append(cpu / n * 1000)
+        print(f"round {run} {name:>4}: {n} tokens in {dt:.1f} s (CPU {cpu:.1f} s) = {n / dt:.1f} tokens/s", flush=True)
+    speedups = [o / p for o, p in zip(rate["ours"], rate["peer"])]
+    print(f"tokens/s, median (min-max): batched {harness.fmt_spread(rate['ours'], 1)}, one at a time "
+          f"{harness.fmt_spread(rate['peer'], 1)}; CPU ms/token {harness.fmt_spread(cpu_per_token['ours'], 1)} vs "
+          f"{harness.fmt_spread(cpu_per_token['peer'], 1)}")
+    print(harness.result_line({
+        **harness.median_fields("speedup", speedups),
+        "batched_tokens_per_s": harness.spread(rate["ours"])[0],
+        "one_at_a_time_tokens_per_s": harness.spread(rate["peer"])[0],
+        "rounds": args.repeats,
+    }))
 
 
 if __name__ == "__main__":
