@@ -4,15 +4,13 @@ Votes, preferences, responses and assignments are records of what happened: read
 Guideline versions are immutable; editing the guideline on a campaign publishes a new version.
 """
 
-import json
-
 from django import forms
 from django.contrib import admin
 from django.contrib import messages
 from django.db import transaction
 from django.http import StreamingHttpResponse
 
-from annotation import selectors, services
+from annotation import enqueue, selectors, services
 from annotation.models import (
     Assignment,
     Campaign,
@@ -25,6 +23,7 @@ from annotation.models import (
     TrainingRun,
     Vote,
 )
+from annotation.parsing import jsonl_lines
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -74,11 +73,9 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sample a buffer's worth of pairs now (gpu worker)", permissions=["change"])
     def sample_pairs_now(self, request, queryset):
-        from workers.tasks import sample_pairs  # torch-free: the task imports the model code when it runs
-
         for campaign in queryset:
             n = campaign.buffer_size or 20
-            transaction.on_commit(lambda pk=campaign.pk, n=n: sample_pairs.delay(pk, n))
+            transaction.on_commit(lambda pk=campaign.pk, n=n: enqueue.sample_pairs(pk, n))
         self.message_user(request, f"Sampling enqueued for {queryset.count()} campaign(s) on the gpu queue.", messages.SUCCESS)
 
     def save_related(self, request, form, formsets, change):
@@ -89,7 +86,7 @@ class CampaignAdmin(admin.ModelAdmin):
     def export_preferences(self, request, queryset):
         campaign = queryset.first()
         rows = selectors.preferences_export_rows(campaign=campaign, with_meta=True)
-        response = StreamingHttpResponse((json.dumps(r, ensure_ascii=False) + "\n" for r in rows), content_type="application/jsonl")
+        response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
         response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
         return response
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -14,8 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.errors import InvalidInput
+from annotation.errors import ImportRejected, InvalidInput
+from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS
 from annotation.models import Assignment, Campaign, Choice, Strength, Vote
+from annotation.parsing import ImportReport, Line, jsonl_lines, numbered_lines, prompt_file_format
 from annotation.rendering import markdown_html
 
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024
@@ -176,8 +176,8 @@ class NextComparisonApi(APIView):
 class VoteIn(serializers.Serializer):
     choice = serializers.ChoiceField(choices=Choice.choices, help_text="In shown terms: a = the left / first response.")
     strength = serializers.ChoiceField(choices=Strength.choices, required=False, allow_blank=True, default="")
-    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000, trim_whitespace=True)
-    seconds_spent = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=86400)
+    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_RATIONALE_CHARS, trim_whitespace=True)
+    seconds_spent = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=MAX_SECONDS_SPENT)
 
 
 class VoteSubmitOut(serializers.Serializer):
@@ -207,7 +207,7 @@ class VoteSubmitApi(APIView):
 
 
 class SkipIn(serializers.Serializer):
-    reason = serializers.CharField(max_length=500)
+    reason = serializers.CharField(max_length=MAX_SKIP_REASON_CHARS)
 
 
 class SkipApi(APIView):
@@ -250,9 +250,7 @@ class PreferenceExportApi(APIView):
         campaign = _campaign(slug, request.user)
         with_meta = request.query_params.get("with_meta", "").lower() in ("1", "true", "yes")
         rows = selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta)
-        response = StreamingHttpResponse(
-            (json.dumps(row, ensure_ascii=False) + "\n" for row in rows), content_type="application/jsonl"
-        )
+        response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
         response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
         return response
 
@@ -266,16 +264,11 @@ class PreferenceImportIn(ImportIn):
     format = serializers.ChoiceField(choices=["trl", "hh"])
 
 
-def uploaded_lines(upload) -> list[tuple[int, str]]:
-    """Numbered lines of an uploaded UTF-8 text file."""
+def uploaded_lines(upload) -> list[Line]:
+    """Numbered lines of an uploaded UTF-8 text file (a line that is not UTF-8 is reported by number)."""
     if upload.size > MAX_UPLOAD_BYTES:
         raise InvalidInput(f"The file is too large ({upload.size} bytes, limit {MAX_UPLOAD_BYTES}).")
-    try:
-        text = upload.read().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"The file is not UTF-8 text (byte {exc.start}).") from None
-    # Split on newlines only, as the command does: U+2028 and friends may sit inside JSON strings.
-    return [(i, line.removesuffix("\r")) for i, line in enumerate(text.split("\n"), start=1)]
+    return numbered_lines(upload.read())
 
 
 class PromptImportApi(APIView):
@@ -291,7 +284,7 @@ class PromptImportApi(APIView):
         report = services.prompts_import(
             campaign=campaign,
             lines=uploaded_lines(upload),
-            fmt=services.prompt_file_format(upload.name),
+            fmt=prompt_file_format(upload.name),
             strict=data.validated_data["strict"],
         )
         return _report_response(report)
@@ -315,11 +308,8 @@ class PreferenceImportApi(APIView):
         return _report_response(report)
 
 
-def _report_response(report) -> Response:
-    if not report.written:  # --strict with bad lines: nothing written, say why
-        return Response(
-            {"error": {"code": "invalid_file", "message": f"{len(report.errors)} bad line(s); nothing was imported.", "details": report.as_dict()}},
-            status=status.HTTP_400_BAD_REQUEST,
-        )
+def _report_response(report: ImportReport) -> Response:
+    if not report.written:  # strict with bad lines: nothing written, say why
+        raise ImportRejected(f"{len(report.errors)} bad line(s); nothing was imported.", details=report.as_dict())
     return Response(report.as_dict(), status=status.HTTP_201_CREATED if report.created else status.HTTP_200_OK)
 

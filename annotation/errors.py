@@ -25,6 +25,12 @@ class InvalidInput(ApplicationError):
     status = 400
 
 
+class ImportRejected(InvalidInput):
+    """A strict import with bad lines: nothing was written; ``details`` holds the import report."""
+
+    code = "invalid_file"
+
+
 class NotFound(ApplicationError):
     code = "not_found"
     status = 404

@@ -5,6 +5,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 
+from annotation.limits import MAX_SKIP_REASON_CHARS
+
 
 class Choice(models.TextChoices):
     A = "a", "A better"
@@ -266,7 +268,7 @@ class Assignment(models.Model):
     guideline_version = models.ForeignKey(GuidelineVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     leased_at = models.DateTimeField()
     expires_at = models.DateTimeField()
-    skip_reason = models.CharField(max_length=500, blank=True)
+    skip_reason = models.CharField(max_length=MAX_SKIP_REASON_CHARS, blank=True)
 
     class Meta:
         constraints = [

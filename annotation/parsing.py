@@ -27,9 +27,11 @@ class FileError(ValueError):
 
 @dataclass(frozen=True)
 class UndecodableLine:
-    """A line whose bytes are not UTF-8: it stays in the numbered lines to be reported by number."""
+    """A line whose bytes are not UTF-8: it stays in the numbered lines to be reported by number.
+    ``lossy`` (bad bytes as U+FFFD) only keeps a CSV file's quoting intact; it is never imported."""
 
     reason: str
+    lossy: str = field(default="", compare=False, repr=False)
 
 
 Line = tuple[int, "str | UndecodableLine"]
@@ -71,7 +73,8 @@ def numbered_lines(data: bytes) -> list[Line]:
         try:
             out.append((number, raw.decode("utf-8")))
         except UnicodeDecodeError as exc:
-            out.append((number, UndecodableLine(f"not UTF-8 text (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})")))
+            reason = f"not UTF-8 text (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+            out.append((number, UndecodableLine(reason, raw.decode("utf-8", errors="replace"))))
     return out
 
 
@@ -100,8 +103,11 @@ def json_row(line: str, *, max_line_chars: int) -> dict:
     """One JSON-lines row, checked for size and for characters the database refuses."""
     if len(line) > max_line_chars:
         raise FormatError(f"line is too long ({len(line)} characters, limit {max_line_chars})")
+    if "\x00" in line:  # a raw NUL byte: invalid JSON too, but this says what is wrong
+        raise FormatError("the line contains a NUL character (U+0000), which the database cannot store")
     row = parse_json_line(line)
-    check_no_nul(row)
+    if "\\u0000" in line:  # the only way left for a NUL to reach a parsed string
+        check_no_nul(row)
     return row
 
 
@@ -163,7 +169,7 @@ def csv_rows(lines: list[Line], report: ImportReport) -> list[tuple[int, dict]]:
     def feed() -> Iterator[str]:
         for n, text in lines:
             consumed.append(n)
-            yield "" if n in undecodable else text
+            yield text.lossy if n in undecodable else text
 
     reader = csv.reader(feed())
     number = 0

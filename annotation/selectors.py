@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation.models import Assignment, Campaign, Comparison, GuidelineVersion, Preference, Prompt, Vote
-from training.formats import trl_row
+from training.formats import FormatError, PreferenceRecord, trl_preference, trl_row
 
 
 def campaign_guideline(*, campaign: Campaign) -> GuidelineVersion | None:
@@ -136,9 +137,20 @@ def prompts_for_sampling(*, campaign: Campaign, n: int) -> list[Prompt]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def training_rows(*, campaign: Campaign) -> list[dict]:
-    """The campaign's preferences as TRL rows, training split only (eval prompts stay held out)."""
-    return [
-        row for row in preferences_export_rows(campaign=campaign, with_meta=True)
-        if row.get("split", "train") == "train"
-    ]
+def training_records(*, campaign: Campaign) -> tuple[list[PreferenceRecord], list[str]]:
+    """The campaign's preferences on training prompts (eval prompts stay held out), in
+    primary-key order, as the records the trainers read; and one reason per stored preference
+    that cannot be trained on ("preference 17: chosen is empty"), so none is dropped unseen."""
+    rows = (
+        Preference.objects.filter(campaign=campaign, prompt__split=Prompt.Split.TRAIN)
+        .order_by("pk")
+        .values_list("pk", "prompt__messages", "chosen__text", "rejected__text")
+    )
+    max_chars = settings.PREFLOOP["MAX_TEXT_CHARS"]
+    records, problems = [], []
+    for pk, messages, chosen, rejected in rows.iterator(chunk_size=500):
+        try:
+            records.append(trl_preference({"prompt": messages, "chosen": chosen, "rejected": rejected}, max_chars=max_chars))
+        except FormatError as exc:
+            problems.append(f"preference {pk}: {exc}")
+    return records, problems

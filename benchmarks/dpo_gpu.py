@@ -38,8 +38,10 @@ def main() -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from training import dpo
-    from training.common import tie_embedding_grads, unwrap, use_packed_attention
     from training.data import PreferenceExample
+    from training.logprobs import tie_embedding_grads
+    from training.models import unwrap
+    from training.packing import use_packed_attention
 
     steps = 5 if args.quick else args.steps
     torch.manual_seed(0)

@@ -95,7 +95,7 @@ def peak_rss_gb() -> float:
 
 def run_ours(kind: str, steps: int, extra: list[str]) -> dict:
     from training import dpo, reward
-    from training.common import config_from
+    from training.config import config_from
 
     records, _, counted = select_rows(steps * BATCH)
     base = [f"max_steps={steps}", f"batch_size={BATCH}", f"max_length={MAX_LEN}", f"max_prompt_length={MAX_LEN - 1}",
@@ -180,9 +180,9 @@ def run_parity() -> dict:
     from trl import DPOConfig, DPOTrainer
 
     from training import dpo
-    from training.common import load_model, use_packed_attention
     from training.data import tokenize_preferences
-    from training.models import EMBEDDED, load_tokenizer, model_path
+    from training.models import EMBEDDED, load_model, load_tokenizer, model_path
+    from training.packing import use_packed_attention
 
     records, texts, _ = select_rows(BATCH)
     tok = load_tokenizer(EMBEDDED)

@@ -47,7 +47,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from training import dpo, reward
-    from training.common import config_from
+    from training.config import config_from
     from training.data import read_preferences, split_rows
 
     records, report = read_preferences(data_path())

@@ -4,10 +4,11 @@ ModelVersion that can then be sampled from: the loop closed once."""
 
 import pytest
 
-from annotation import services
+from annotation import selectors, services
 from annotation.errors import InvalidInput
-from annotation.models import ModelVersion, TrainingRun
-from tests.factories import CampaignFactory, PromptFactory
+from annotation.models import ModelVersion, Preference, TrainingRun
+from tests.factories import CampaignFactory, PromptFactory, ResponseFactory
+from training.formats import PreferenceRecord
 from tests.processes import ROOT
 from workers import sampling
 from workers.training_jobs import run_training
@@ -63,14 +64,26 @@ def test_a_redelivered_run_resumes_and_non_finite_metrics_are_stored_as_null(cam
     assert run.metrics[0] == {"loss": None, "step": 0} and run.status == "succeeded"
 
 
-def test_bad_config_fails_the_run_with_the_reason_and_registers_nothing(campaign):
-    run = services.training_run_create(campaign=campaign, kind="dpo", config={"betta": 0.1})
+def test_bad_config_or_kind_is_refused_before_anything_is_queued(campaign):
+    with pytest.raises(InvalidInput, match="unknown config key\\(s\\) for DPOConfig: betta"):
+        services.training_run_create(campaign=campaign, kind="dpo", config={"betta": 0.1})
+    with pytest.raises(InvalidInput, match="Invalid dpo config: beta: "):
+        services.training_run_create(campaign=campaign, kind="dpo", config={"beta": "high"})
+    with pytest.raises(InvalidInput, match="unknown training kind 'ppo-ish'; known: sft, reward, dpo"):
+        services.training_run_create(campaign=campaign, kind="ppo-ish", config={})
+    with pytest.raises(InvalidInput, match="cannot set 'model'"):
+        services.training_run_create(campaign=campaign, kind="sft", config={"model": "gpt2"})
+    assert not TrainingRun.objects.exists()
+
+
+def test_stored_bad_config_fails_the_run_with_the_reason_and_registers_nothing(campaign):
+    # A run row written before its config rules changed: the worker still checks and says why.
+    run = services.training_run_create(campaign=campaign, kind="dpo", config=SMALL)
+    TrainingRun.objects.filter(pk=run.pk).update(config={"betta": 0.1})
     assert run_training(run_id=run.pk) == "failed"
     run.refresh_from_db()
     assert run.status == "failed" and "unknown config key(s) for DPOConfig: betta" in run.error
     assert not ModelVersion.objects.filter(training_run=run).exists()
-    with pytest.raises(InvalidInput):
-        services.training_run_create(campaign=campaign, kind="ppo-ish", config={})
 
 
 def test_cancelled_run_does_not_start_or_stops_between_steps(campaign):
@@ -92,3 +105,40 @@ def test_cancelled_run_does_not_start_or_stops_between_steps(campaign):
     run.refresh_from_db()
     assert run.status == "cancelled" and len(run.metrics) == 1
     assert not ModelVersion.objects.filter(training_run=run).exists()
+
+
+def _unusable_preference(campaign, *, split="train"):
+    """A stored preference no trainer can use (its chosen text is blank), e.g. from an old import."""
+    prompt = PromptFactory(campaign=campaign, split=split)
+    chosen, rejected = ResponseFactory(prompt=prompt, text="   "), ResponseFactory(prompt=prompt)
+    return Preference.objects.create(campaign=campaign, prompt=prompt, chosen=chosen, rejected=rejected, source="import")
+
+
+def test_training_records_hold_out_eval_prompts_and_report_unusable_rows(campaign, django_assert_num_queries):
+    n_train = Preference.objects.filter(campaign=campaign).count()
+    bad = _unusable_preference(campaign)
+    _unusable_preference(campaign, split="eval")  # held out: neither trained on nor reported
+    with django_assert_num_queries(1):
+        records, problems = selectors.training_records(campaign=campaign)
+    assert len(records) == n_train and all(isinstance(r, PreferenceRecord) for r in records)
+    assert records[0] == PreferenceRecord(prompt=[{"role": "user", "content": "What is 2+2?"}], chosen="4", rejected="5")
+    assert problems == [f"preference {bad.pk}: chosen is empty"]
+
+
+def test_unusable_rows_go_into_the_data_manifest_and_the_log(campaign, caplog):
+    bad = _unusable_preference(campaign)
+    run = services.training_run_create(campaign=campaign, kind="sft", config=SMALL)
+    assert run_training(run_id=run.pk) == "succeeded"
+    run.refresh_from_db()
+    assert run.data_manifest["unusable"] == 1 and run.data_manifest["problems"] == [f"preference {bad.pk}: chosen is empty"]
+    assert f"preference {bad.pk}: chosen is empty" in caplog.text
+
+
+def test_a_campaign_with_only_unusable_rows_fails_the_run_with_the_reason(db, settings, tiny_policy):
+    settings.PREFLOOP = {**settings.PREFLOOP, "DEFAULT_POLICY": tiny_policy}
+    campaign = CampaignFactory()
+    bad = _unusable_preference(campaign)
+    run = services.training_run_create(campaign=campaign, kind="reward", config=SMALL)
+    assert run_training(run_id=run.pk) == "failed"
+    run.refresh_from_db()
+    assert run.error == f"no training preferences in this campaign yet (1 unusable; the first: preference {bad.pk}: chosen is empty)"

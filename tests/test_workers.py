@@ -134,3 +134,6 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path, tiny_policy):
         assert "Log in" in login
         js = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/annotation/annotate.js", timeout=10).read().decode()
         assert "keydown" in js
+    # kombu's exchange tables live under PREFLOOP_VAR too, not in the working directory.
+    assert (tmp_path / "celery" / "control" / "default.exchange").exists()
+    assert not (ROOT / "control").exists()

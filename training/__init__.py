@@ -1,4 +1,5 @@
 """Prefloop's training library: standalone, torch-based, never imports Django or Celery.
 
-Torch-free modules (``formats``) may be imported by the web side; everything else may not.
+Torch-free modules may be imported by the web side: ``formats``, ``params``, ``config``,
+``seeds``, ``data`` and ``recipes``; everything else may not. Nothing here runs at import.
 """

@@ -1,7 +1,9 @@
 """Standalone CLI.
 
     python -m training sample --model SPEC --prompts FILE.jsonl --k 2 --out OUT.jsonl
-    python -m training {sft,reward,dpo} --data FILE.jsonl --model SPEC --out DIR [--config FILE.toml] [key=value ...]
+    python -m training KIND --data FILE.jsonl --model SPEC --out DIR [--config FILE.toml] [key=value ...]
+
+KIND is a recipe of ``training/recipes.py`` (sft, reward, dpo).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+from training.config import config_from
 from training.formats import FormatError, parse_json_line, prompt_from_row
 from training.models import EMBEDDED
+from training.recipes import RECIPES, recipe_for
 
 
 def _read_prompts(path: Path) -> list[list[dict]]:
@@ -54,16 +58,12 @@ def cmd_sample(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from training import dpo, reward, sft
-    from training.common import config_from
-    from training.data import read_preferences, read_sft
-
-    recipe, config_cls = {"sft": (sft, sft.SFTConfig), "reward": (reward, reward.RewardConfig), "dpo": (dpo, dpo.DPOConfig)}[args.command]
+    recipe = recipe_for(args.command)
     overrides = list(args.overrides)
     if args.model:
         overrides.append(f"model={args.model}")
-    cfg = config_from(config_cls, args.config, overrides)
-    rows, report = (read_sft if args.command == "sft" else read_preferences)(args.data)
+    cfg = config_from(recipe.config_cls, args.config, overrides)
+    rows, report = recipe.read(args.data)
     for error in report.errors:
         print(f"{args.data}: {error} (skipped)", file=sys.stderr)
     if not rows:
@@ -79,7 +79,7 @@ def cmd_train(args) -> None:
           f"truncated {d['truncated']}, dropped as too long {d['dropped_too_long']}; model in {args.out}", file=sys.stderr)
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description="Prefloop training library CLI")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("sample", help="sample k responses per prompt")
@@ -94,14 +94,19 @@ def main(argv=None) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_sample)
-    for name, what in (("sft", "supervised fine-tuning"), ("reward", "Bradley-Terry reward model"), ("dpo", "DPO family")):
-        t = sub.add_parser(name, help=what, description=f"{what}; key=value overrides any config field (unknown keys are errors)")
-        t.add_argument("--data", required=True, help="JSONL: preference rows (TRL or HH)" + (", or prompt/completion rows" if name == "sft" else ""))
+    for recipe in RECIPES.values():
+        t = sub.add_parser(recipe.kind, help=recipe.help, description=f"{recipe.help}; key=value overrides any config field (unknown keys are errors)")
+        t.add_argument("--data", required=True, help="JSONL: preference rows (TRL or HH)" + (", or prompt/completion rows" if recipe.data == "sft" else ""))
         t.add_argument("--model", default=None, help=f"HF id, local directory or {EMBEDDED!r} (default from the config)")
         t.add_argument("--out", required=True, help="output directory (checkpoints, final model, metrics)")
         t.add_argument("--config", default=None, help="TOML file with config fields")
         t.add_argument("overrides", nargs="*", metavar="key=value")
         t.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv=None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.func(args)

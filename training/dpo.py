@@ -16,47 +16,19 @@ rewards/margins, logps/chosen, logps/rejected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from training import losses
-from training.common import (
-    Result,
-    TrainConfig,
-    load_model,
-    pack_pairs,
-    prepare_rows,
-    response_logps,
-    seed_everything,
-    train_loop,
-)
+from training.config import DPOConfig  # torch-free, beside every recipe's config: see there
 from training.data import PreferenceExample, Report, manifest, tokenize_preferences
 from training.formats import PreferenceRecord
-
-LOSS_TYPES = ("sigmoid", "robust", "ipo", "hinge", "simpo")
-
-
-@dataclass
-class DPOConfig(TrainConfig):
-    lr: float = 1e-6
-    beta: float = 0.1  # strength of the KL anchor to the reference (SimPO: reward scale, ~2)
-    loss_type: str = "sigmoid"  # sigmoid (DPO; cDPO with label_smoothing) | robust | ipo | hinge | simpo
-    label_smoothing: float = 0.0  # ε: assumed label-flip rate for cDPO / robust / SimPO
-    simpo_gamma: float = 0.5  # SimPO target reward margin γ
-    reference: str = "precompute"  # precompute (once, no second model) | live (a frozen copy)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}")
-        if self.beta <= 0:
-            raise ValueError("beta must be > 0")
-        if not 0 <= self.label_smoothing < 0.5:
-            raise ValueError("label_smoothing must be in [0, 0.5)")
-        if self.reference not in ("precompute", "live"):
-            raise ValueError("reference must be precompute or live")
+from training.logprobs import response_logps
+from training.loop import Result, prepare_rows, train_loop
+from training.models import load_model
+from training.packing import pack_pairs
+from training.seeds import seed_everything
 
 
 def _pairs_packed(examples: list[PreferenceExample], device):

@@ -10,26 +10,18 @@ loss, accuracy, margin, mean_reward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from training import losses
-from training.common import Packed, Result, TrainConfig, hidden_states, load_model, pack_pairs, prepare_rows, seed_everything, train_loop, unwrap
+from training.config import RewardConfig  # torch-free, beside every recipe's config: see there
 from training.data import PreferenceExample, Report, manifest, tokenize_preferences
 from training.formats import PreferenceRecord
-
-
-@dataclass
-class RewardConfig(TrainConfig):
-    lr: float = 1e-5
-    center_coef: float = 0.0  # c in + c·(r_w + r_l)²: keeps rewards centred (TRL center_rewards_coefficient)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.center_coef < 0:
-            raise ValueError("center_coef must be >= 0")
+from training.loop import Result, prepare_rows, train_loop
+from training.models import load_model, unwrap
+from training.packing import Packed, hidden_states, pack_pairs
+from training.seeds import seed_everything
 
 
 def sequence_rewards(model, packed: Packed) -> torch.Tensor:

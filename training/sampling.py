@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
+from training.data import prompt_tokens
 from training.params import SamplingParams
+from training.seeds import mix_seed
 
-__all__ = ["Sample", "SamplingParams", "encode_prompts", "generate", "sample_pairs", "sequence_logprob"]
+__all__ = ["Sample", "SamplingParams", "generate", "sample_pairs", "sequence_logprob"]
 
 
 @dataclass(frozen=True)
@@ -26,17 +28,6 @@ class Sample:
     finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
     logprob_sum: float
     seed: int
-
-
-def encode_prompts(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
-    """Chat-template each message list, ending with the assistant generation prompt."""
-    out = []
-    for messages in prompts:
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        out.append(list(ids))
-    return out
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +57,7 @@ def generate(
     params = params or SamplingParams()
     eos_id = tokenizer.eos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
-    encoded = encode_prompts(tokenizer, prompts)
+    encoded = [prompt_tokens(tokenizer, messages) for messages in prompts]  # the ids the trainers see for the same prompt
     flat = [(p, j) for p in range(len(prompts)) for j in range(k)]
     results: list[list[Sample | None]] = [[None] * k for _ in prompts]
     device = next(model.parameters()).device
@@ -78,7 +69,7 @@ def generate(
     for b, start in enumerate(batches):
         chunk = flat[start:start + params.batch_size]
         ids, mask = _left_pad([encoded[p] for p, _ in chunk], pad_id, device)
-        batch_seed = seed * 1_000_003 + b  # one seed per batch: reproducible for a fixed batch size
+        batch_seed = mix_seed(seed, b)  # one seed per batch: reproducible for a fixed batch size
         torch.manual_seed(batch_seed)
         out = model.generate(
             input_ids=ids,
@@ -132,12 +123,12 @@ def sample_pairs(
         if not todo:
             break
         batch = [prompts[i] for i in todo]
-        attempt_seed = seed + 7919 * attempt
+        attempt_seed = mix_seed(seed, attempt)
         if other_model is None:
             drawn = [tuple(s) for s in generate(model, tokenizer, batch, k=2, params=params, seed=attempt_seed, progress=progress)]
         else:
             first = generate(model, tokenizer, batch, k=1, params=params, seed=attempt_seed, progress=progress)
-            second = generate(other_model, other_tokenizer or tokenizer, batch, k=1, params=params, seed=attempt_seed + 1, progress=progress)
+            second = generate(other_model, other_tokenizer or tokenizer, batch, k=1, params=params, seed=mix_seed(seed, attempt, 1), progress=progress)
             drawn = [(a[0], b[0]) for a, b in zip(first, second)]
         still = []
         for i, (a, b) in zip(todo, drawn):

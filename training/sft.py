@@ -4,19 +4,18 @@ no loss), sequences packed without padding, the LM head only at response positio
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from training import losses
-from training.common import Result, TrainConfig, load_model, pack, prepare_rows, response_logps, seed_everything, train_loop
+from training.config import SFTConfig  # torch-free, beside every recipe's config: see there
 from training.data import Report, SFTExample, manifest, tokenize_sft
-
-
-@dataclass
-class SFTConfig(TrainConfig):
-    lr: float = 2e-5
+from training.logprobs import response_logps
+from training.loop import Result, prepare_rows, train_loop
+from training.models import load_model
+from training.packing import pack
+from training.seeds import seed_everything
 
 
 def batch_nll(model, examples: list[SFTExample], device, chunk: int) -> tuple[torch.Tensor, int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from annotation import selectors, services
 from annotation.models import Campaign
 from training.params import SamplingParams
+from training.seeds import mix_seed
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def campaign_sample_pairs(*, campaign_id: int, n: int, seed: int | None = None, 
     for i, start in enumerate(range(0, len(prompts), chunk)):
         batch = prompts[start:start + chunk]
         pairs = sample_pairs(
-            model, tokenizer, [p.messages for p in batch], params=params, seed=seed + 104_729 * i,
+            model, tokenizer, [p.messages for p in batch], params=params, seed=mix_seed(seed, i),
             other_model=other[0], other_tokenizer=other[1],
         )
         made = services.comparisons_create_sampled(

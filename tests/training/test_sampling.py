@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from training.sampling import SamplingParams, encode_prompts, generate, sample_pairs, sequence_logprob
+from training.data import prompt_tokens, tokenize_sft
+from training.sampling import SamplingParams, generate, sample_pairs, sequence_logprob
 
 PROMPTS = [
     [{"role": "user", "content": "Hi"}],
@@ -71,10 +72,32 @@ def test_length_finish_when_no_eos(tiny_model, tokenizer):
 
 def test_logprob_sum_equals_a_separate_forward_pass(tiny_model, tokenizer):
     out = generate(tiny_model, tokenizer, PROMPTS, k=2, params=P, seed=3)
-    encoded = encode_prompts(tokenizer, PROMPTS)
-    for prompt_ids, row in zip(encoded, out):
+    for messages, row in zip(PROMPTS, out):
+        prompt_ids = prompt_tokens(tokenizer, messages)
         for s in row:
             assert s.logprob_sum == pytest.approx(sequence_logprob(tiny_model, prompt_ids, s.token_ids), abs=1e-3)
+
+
+def test_sampling_prompts_are_the_trainers_prompt_ids(tiny_model, tokenizer, monkeypatch):
+    """What the policy is sampled from is token for token what SFT / reward / DPO train on:
+    one BOS, the template's default system prompt, the assistant header."""
+    fed = []
+    real = tiny_model.generate
+
+    def spy(input_ids, attention_mask, **kw):
+        fed.extend(row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask))  # left padding off
+        return real(input_ids=input_ids, attention_mask=attention_mask, **kw)
+
+    monkeypatch.setattr(tiny_model, "generate", spy)
+    generate(tiny_model, tokenizer, PROMPTS, k=1, params=P, seed=0)
+    trained = [e.prompt_ids for e in tokenize_sft(tokenizer, [(m, "ok") for m in PROMPTS], max_length=1000, max_prompt_length=999)[0]]
+    assert fed == trained == [prompt_tokens(tokenizer, m) for m in PROMPTS]
+    for ids in fed:
+        assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id
+        assert tokenizer.decode(ids).endswith("<|im_start|>assistant\n")
+    # The embedded template on its own adds no second BOS: same ids as before the two paths were one.
+    plain = tokenizer.apply_chat_template(PROMPTS[0], add_generation_prompt=True, tokenize=True)
+    assert fed[0] == list(plain["input_ids"] if not isinstance(plain, list) else plain)
 
 
 def test_identical_or_empty_pairs_are_resampled_then_dropped(tiny_model, tokenizer):

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tests.processes import ROOT
 from tests.shared_data import shared_data
 from training import dpo, reward, sft
-from training.common import config_from
+from training.config import config_from
 from training.data import read_preferences
 
 pytestmark = pytest.mark.timeout(600)

@@ -194,12 +194,12 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 # ---------------------------------------------------------------- Prefloop
+# A lease's length is each campaign's own (Campaign.lease_minutes); the limits of what annotators
+# send (rationale, skip reason, seconds spent) size columns and live in annotation/limits.py.
 PREFLOOP = {
-    "LEASE_MINUTES": env.int("PREFLOOP_LEASE_MINUTES", default=15),
     # Largest accepted upload / import line and text field, in characters.
     "MAX_IMPORT_LINE_CHARS": 1_000_000,
     "MAX_TEXT_CHARS": 100_000,
-    "MAX_RATIONALE_CHARS": 5_000,
     # The policy a campaign without one samples from (registered as a ModelVersion on first use):
     # a Hugging Face id, a local directory, or the embedded SmolLM2-135M-Instruct.
     "DEFAULT_POLICY": env.str("PREFLOOP_DEFAULT_POLICY", default="smollm2-135m-instruct"),

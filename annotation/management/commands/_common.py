@@ -5,6 +5,7 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
+from annotation import parsing
 from annotation.errors import ApplicationError
 from annotation.models import Campaign
 
@@ -26,15 +27,15 @@ def campaign_or_error(slug: str) -> Campaign:
         raise CommandError(f"No campaign '{slug}' (known: {known}).") from None
 
 
-def numbered_lines(path: str) -> list[tuple[int, str]]:
+def numbered_lines(path: str) -> list[parsing.Line]:
+    """Numbered lines of a UTF-8 text file (a line that is not UTF-8 is reported by number)."""
     p = Path(path)
     if not p.is_file():
         raise CommandError(f"{path}: no such file")
     try:
-        with p.open(encoding="utf-8-sig") as f:
-            return [(i, line.rstrip("\n")) for i, line in enumerate(f, start=1)]
-    except UnicodeDecodeError as exc:
-        raise CommandError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        return parsing.numbered_lines(p.read_bytes())
+    except OSError as exc:
+        raise CommandError(f"{path}: {exc.strerror}") from None
 
 
 def print_report(command, report, *, what: str, path: str, strict: bool) -> None:

@@ -1,4 +1,3 @@
-import json
 import os
 import sys
 import tempfile
@@ -7,6 +6,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.management.commands._common import campaign_or_error
+from annotation.parsing import jsonl_lines
 from annotation.selectors import preferences_export_rows
 
 
@@ -42,7 +42,7 @@ class Command(BaseCommand):
     @staticmethod
     def _write(rows, f) -> int:
         n = 0
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for line in jsonl_lines(rows):
+            f.write(line)
             n += 1
         return n

@@ -1,7 +1,8 @@
 from django.core.management.base import BaseCommand
 
 from annotation.management.commands._common import campaign_or_error, command_errors, numbered_lines, print_report
-from annotation.services import prompt_file_format, prompts_import
+from annotation.parsing import prompt_file_format
+from annotation.services import prompts_import
 
 
 class Command(BaseCommand):

@@ -1,8 +1,8 @@
-"""training.common pieces with their own maths: the chunked LM-head log-probs."""
+"""training.logprobs: the chunked LM-head log-probs and the tied-embedding gradients, against autograd."""
 
 import torch
 
-from training.common import token_logps
+from training.logprobs import token_logps
 
 
 def test_chunked_token_logps_match_log_softmax_in_value_and_gradient():
@@ -33,7 +33,8 @@ def test_chunked_token_logps_without_grad_is_the_same():
 def test_tied_embedding_gradients_added_in_place_equal_autograds(tiny_model):
     import copy
 
-    from training.common import pack, response_logps, tie_embedding_grads, use_packed_attention
+    from training.logprobs import response_logps, tie_embedding_grads
+    from training.packing import pack, use_packed_attention
 
     plain, tied = tiny_model, copy.deepcopy(tiny_model)
     assert tie_embedding_grads(tied)

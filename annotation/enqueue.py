@@ -1,0 +1,24 @@
+"""Enqueue Celery tasks by name: ``annotation`` never imports ``workers`` (DESIGN.md), so a web
+process loads neither the tasks nor what they import.
+
+``send_task`` goes through the same router as ``Task.delay``: CELERY_TASK_ROUTES still sends
+``sample_pairs`` and ``gpu_*`` to the ``gpu`` queue. Call these from ``transaction.on_commit``
+so a worker never sees an id whose row is not committed yet.
+"""
+
+from __future__ import annotations
+
+from webapp.celery import app
+
+
+def enqueue(task: str, *args) -> None:
+    """Send ``workers.tasks.<task>(*args)`` to its queue."""
+    app.send_task(f"workers.tasks.{task}", args=list(args))
+
+
+def gpu_train(run_id: int) -> None:
+    enqueue("gpu_train", run_id)
+
+
+def sample_pairs(campaign_id: int, n: int) -> None:
+    enqueue("sample_pairs", campaign_id, n)

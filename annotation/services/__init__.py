@@ -1,0 +1,59 @@
+"""Every write of the annotation app, keyword-only, typed and transactional (HackSoft
+styleguide), one module per entity; ``from annotation import services`` reaches them all."""
+
+from annotation.parsing import ImportReport, prompt_file_format
+from annotation.services.assignment import assignment_next, assignment_skip, assignments_expire
+from annotation.services.campaigns import (
+    campaign_create,
+    comparison_create,
+    guideline_publish,
+    prompt_get_or_create,
+    response_get_or_create_text,
+)
+from annotation.services.imports import preferences_import, prompts_import
+from annotation.services.sampling import (
+    SampledText,
+    campaign_policy_ensure,
+    campaign_refill_claim,
+    campaign_refill_release,
+    comparisons_create_sampled,
+    model_version_register_base,
+)
+from annotation.services.training_runs import (
+    training_run_cancel,
+    training_run_create,
+    training_run_finish,
+    training_run_log,
+    training_run_start,
+)
+from annotation.services.votes import Aggregate, VoteResult, vote_submit, votes_aggregate
+
+__all__ = [
+    "Aggregate",
+    "ImportReport",
+    "SampledText",
+    "VoteResult",
+    "assignment_next",
+    "assignment_skip",
+    "assignments_expire",
+    "campaign_create",
+    "campaign_policy_ensure",
+    "campaign_refill_claim",
+    "campaign_refill_release",
+    "comparison_create",
+    "comparisons_create_sampled",
+    "guideline_publish",
+    "model_version_register_base",
+    "preferences_import",
+    "prompt_file_format",
+    "prompt_get_or_create",
+    "prompts_import",
+    "response_get_or_create_text",
+    "training_run_cancel",
+    "training_run_create",
+    "training_run_finish",
+    "training_run_log",
+    "training_run_start",
+    "vote_submit",
+    "votes_aggregate",
+]

@@ -1,0 +1,169 @@
+"""Votes and the preferences they make: recording a vote, aggregating a comparison's votes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from annotation.errors import AlreadyVoted, ComparisonClosed, InvalidInput, LeaseExpired
+from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT
+from annotation.models import Assignment, Choice, Comparison, Preference, Strength, Vote
+from annotation.services.assignment import _locked_own_assignment
+
+
+def _canonical_choice(shown_choice: str, order: str) -> str:
+    """The annotator picks by position shown (a = left); store the choice in A/B terms."""
+    if order == Assignment.Order.BA and shown_choice in (Choice.A, Choice.B):
+        return Choice.B if shown_choice == Choice.A else Choice.A
+    return shown_choice
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    vote: Vote
+    created: bool
+    preference: Preference | None = None
+
+
+def vote_submit(
+    *,
+    annotator: AbstractBaseUser,
+    assignment_id: int,
+    choice: str,
+    strength: str = "",
+    rationale: str = "",
+    seconds_spent: float | None = None,
+    now: datetime | None = None,
+) -> VoteResult:
+    """Record an annotator's vote on a leased comparison. ``choice`` is in shown terms (a = left).
+
+    Idempotent: the same vote submitted twice stores one vote (created=False); a different
+    vote on the same assignment is refused.
+    """
+    if choice not in Choice.values:
+        raise InvalidInput(f"choice must be one of {', '.join(Choice.values)}.", details={"field": "choice"})
+    if strength not in ("", *Strength.values):
+        raise InvalidInput(f"strength must be one of {', '.join(Strength.values)} or empty.", details={"field": "strength"})
+    if strength and choice not in (Choice.A, Choice.B):
+        raise InvalidInput("strength applies only to an A or B choice.", details={"field": "strength"})
+    if len(rationale) > MAX_RATIONALE_CHARS:
+        raise InvalidInput(
+            f"rationale is too long ({len(rationale)} characters, limit {MAX_RATIONALE_CHARS}).", details={"field": "rationale"}
+        )
+    if seconds_spent is not None and not (0 <= seconds_spent <= MAX_SECONDS_SPENT and math.isfinite(seconds_spent)):
+        raise InvalidInput(f"seconds_spent must be between 0 and {MAX_SECONDS_SPENT}.", details={"field": "seconds_spent"})
+
+    with transaction.atomic():
+        assignment = _locked_own_assignment(annotator=annotator, assignment_id=assignment_id)
+        # Lock the comparison too (assignment first, then comparison: the hand-out order), and
+        # read the clock only now: a vote that waited for the locks is judged at commit time.
+        comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+        now = now or timezone.now()
+        canonical = _canonical_choice(choice, assignment.order)
+        existing = Vote.objects.filter(assignment=assignment).first()
+        if existing:
+            if existing.choice == canonical and existing.strength == strength:
+                return VoteResult(vote=existing, created=False)
+            raise AlreadyVoted("You already voted on this comparison with a different answer.", details={"vote_id": existing.pk})
+        if comparison.status != Comparison.Status.OPEN:
+            raise ComparisonClosed("This comparison is closed.")
+        if assignment.state != Assignment.State.ACTIVE or assignment.expires_at <= now:
+            raise LeaseExpired(
+                "Your lease on this comparison has ended; it went back to the pool.",
+                details={"state": assignment.state, "expired_at": assignment.expires_at.isoformat()},
+            )
+        vote = Vote.objects.create(
+            comparison=comparison,
+            annotator=annotator,
+            assignment=assignment,
+            choice=canonical,
+            strength=strength,
+            rationale=rationale.strip(),
+            guideline_version=assignment.guideline_version,
+            order_shown=assignment.order,
+            seconds_spent=seconds_spent,
+            is_gold_correct=(canonical == comparison.gold_answer) if comparison.kind == Comparison.Kind.GOLD else None,
+        )
+        assignment.state = Assignment.State.DONE
+        assignment.save(update_fields=["state"])
+        comparison.vote_count = F("vote_count") + 1
+        comparison.save(update_fields=["vote_count"])
+        comparison.refresh_from_db(fields=["vote_count"])
+        preference = None
+        if comparison.kind == Comparison.Kind.NORMAL and comparison.vote_count >= comparison.votes_required:
+            preference = _comparison_complete(comparison=comparison, now=now)
+    return VoteResult(vote=vote, created=True, preference=preference)
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Votes on one comparison, and the preference they support (winner None: no majority)."""
+
+    n_a: int
+    n_b: int
+    n_tie: int
+    n_both_bad: int
+    winner: str | None = field(default=None)
+
+    @property
+    def n_votes(self) -> int:
+        return self.n_a + self.n_b + self.n_tie + self.n_both_bad
+
+    @property
+    def agreement(self) -> float | None:
+        """Share of all votes that went to the winner."""
+        if self.winner is None or not self.n_votes:
+            return None
+        return max(self.n_a, self.n_b) / self.n_votes
+
+    @property
+    def margin(self) -> float | None:
+        """(winner votes - loser votes) / all votes: 1 is unanimous, near 0 is contested."""
+        if self.winner is None or not self.n_votes:
+            return None
+        return abs(self.n_a - self.n_b) / self.n_votes
+
+
+def votes_aggregate(choices: Iterable[str]) -> Aggregate:
+    """Majority of the A/B votes; ties and both-bad are counted but pick no winner."""
+    choices = list(choices)
+    n_a, n_b = choices.count(Choice.A), choices.count(Choice.B)
+    winner = Choice.A if n_a > n_b else Choice.B if n_b > n_a else None
+    return Aggregate(n_a, n_b, choices.count(Choice.TIE), choices.count(Choice.BOTH_BAD), winner)
+
+
+def _comparison_complete(*, comparison: Comparison, now: datetime) -> Preference | None:
+    comparison.status = Comparison.Status.COMPLETE
+    comparison.completed_at = now
+    comparison.save(update_fields=["status", "completed_at"])
+    votes = list(comparison.votes.values_list("choice", "annotator_id"))
+    agg = votes_aggregate(c for c, _ in votes)
+    if agg.winner is None:
+        return None
+    a, b = comparison.response_a_id, comparison.response_b_id
+    chosen, rejected = (a, b) if agg.winner == Choice.A else (b, a)
+    n_chosen, n_rejected = (agg.n_a, agg.n_b) if agg.winner == Choice.A else (agg.n_b, agg.n_a)
+    human = any(annotator_id is not None for _, annotator_id in votes)
+    return Preference.objects.create(
+        campaign_id=comparison.campaign_id,
+        prompt_id=comparison.prompt_id,
+        chosen_id=chosen,
+        rejected_id=rejected,
+        comparison=comparison,
+        source=Preference.Source.HUMAN if human else Preference.Source.AI,
+        n_votes=agg.n_votes,
+        n_chosen=n_chosen,
+        n_rejected=n_rejected,
+        n_tie=agg.n_tie,
+        n_both_bad=agg.n_both_bad,
+        agreement=agg.agreement,
+        margin=agg.margin,
+    )
+
