@@ -13,12 +13,12 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.errors import ImportRejected, InvalidInput
-from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS
+from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS, MAX_UPLOAD_BYTES
 from annotation.models import Assignment, Campaign, Choice, Strength, Vote
-from annotation.parsing import ImportReport, Line, jsonl_lines, numbered_lines, prompt_file_format
+from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
 from annotation.rendering import markdown_html
+from training.formats import Line, numbered_lines
 
-MAX_UPLOAD_BYTES = 200 * 1024 * 1024
 
 
 def perm(codename: str) -> type[permissions.BasePermission]:

@@ -1,7 +1,12 @@
-"""Size limits of what annotators send, in one place: the API's input serializers, the services
-that check them again and the model fields that store them all read these (changing one that
-sizes a column needs a migration)."""
+"""Size limits, in one place: the API's input serializers, the annotator page's form fields,
+the services that check them again and the model fields that store them all read these
+(changing one that sizes a column needs a migration). The two text limits of imports
+(``MAX_TEXT_CHARS``, ``MAX_IMPORT_LINE_CHARS``) are settings (``PREFLOOP``), so an
+environment can tune them."""
 
 MAX_RATIONALE_CHARS = 5_000  # a vote's free-text rationale
 MAX_SKIP_REASON_CHARS = 500  # Assignment.skip_reason's column
-MAX_SECONDS_SPENT = 86_400  # a vote's time on task: under a day, or it is not a measurement
+MAX_SECONDS_SPENT = 86_400  # a vote's time on task: up to a day, or it is not a measurement
+MAX_TAG_CHARS = 50  # one prompt tag
+MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # an import file sent to the API
+MAX_RUN_ERROR_CHARS = 10_000  # a training run's stored error (the traceback's end)

@@ -3,7 +3,7 @@
 from django.contrib.auth.decorators import login_required, permission_required
 from django.shortcuts import get_object_or_404, render
 
-from annotation import selectors
+from annotation import limits, selectors
 from annotation.rendering import markdown_html
 
 
@@ -31,5 +31,6 @@ def annotate(request, slug: str):
             "guideline": guideline,
             "guideline_html": markdown_html(guideline.text) if guideline else "",
             "progress": selectors.annotator_progress(campaign=campaign, annotator=request.user),
+            "limits": limits,
         },
     )

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -177,7 +176,7 @@ def main(argv=None) -> None:
     harness.add_arguments(p, repeats=5)
     args = p.parse_args(argv)
     if args.child_db is not None:
-        print("BENCH " + json.dumps(one_run(args)))
+        harness.child_report(one_run(args))
         return
     if args.quick:
         args.repeats, args.comparisons = 1, 30
@@ -188,11 +187,7 @@ def main(argv=None) -> None:
     vendor: dict[str, str] = {}
     common = ["--annotators", str(args.annotators), "--comparisons", str(args.comparisons), "--votes-per-pair", str(args.votes_per_pair)]
     for run, db in harness.rounds(dbs, args.repeats):
-        proc = subprocess.run([sys.executable, __file__, "--child-db", db, "--seed", str(run), *common], capture_output=True, text=True)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-        if proc.returncode != 0 or line is None:
-            raise SystemExit(f"run {run} on {db or 'the embedded default'} failed:\n{proc.stderr[-4000:]}")
-        report = json.loads(line[6:])
+        report = harness.run_child(__file__, ["--child-db", db, "--seed", str(run), *common])
         vendor[db] = report["vendor"]
         rates[db].append(report["cycles_per_s"])
         cpu[db].append(report["cpu_ms_per_cycle"])
@@ -203,8 +198,10 @@ def main(argv=None) -> None:
         if not ok:
             sys.exit(1)
     fields: dict = {"annotators": args.annotators}
-    for db in dbs:
-        prefix = f"{vendor[db]}_" if len(dbs) > 1 else ""
+    for i, db in enumerate(dbs):
+        # One database: plain names; several: by vendor (by position when a vendor repeats).
+        same_vendor = list(vendor.values()).count(vendor[db]) > 1
+        prefix = "" if len(dbs) == 1 else f"db{i}_" if same_vendor else f"{vendor[db]}_"
         print(f"{vendor[db]}: {harness.fmt_spread(rates[db], 1)} cycles/s, CPU {harness.fmt_spread(cpu[db], 1)} ms/cycle (median, min-max)")
         fields.update(harness.median_fields(f"{prefix}cycles_per_s", rates[db]))
         fields[f"{prefix}ratio_vs_label_studio"] = harness.spread(rates[db])[0] / LABEL_STUDIO_CYCLES_PER_S

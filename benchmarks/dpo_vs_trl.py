@@ -35,7 +35,6 @@ import math
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -234,11 +233,7 @@ def run_parity() -> dict:
 
 
 def _child(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", *args], cwd=ROOT, capture_output=True, text=True)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
-    if proc.returncode != 0 or line is None:
-        raise SystemExit(f"{args} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(line[6:])
+    return harness.run_child(__file__, ["--child", *args], cwd=str(ROOT))
 
 
 def summarise(name: str, r: dict) -> dict:
@@ -282,7 +277,7 @@ def main() -> None:
                 res = run_ours(kind, int(steps), rest)
             else:
                 res = run_trl(kind, int(steps), best=side == "trl-best")
-        print("BENCH " + json.dumps(res))
+        harness.child_report(res)
         return
     try:
         import trl  # noqa: F401

@@ -13,9 +13,11 @@ and a second job on the cores slows the peers unevenly), so a script:
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -127,5 +129,16 @@ class StepClock:
         self._w, self._c = w, c
 
 
-def python_version() -> str:
-    return sys.version.split()[0]
+def child_report(report: dict) -> None:
+    """What a child process prints: one ``BENCH {json}`` line for ``run_child`` to read."""
+    print("BENCH " + json.dumps(report), flush=True)
+
+
+def run_child(script: str, args: list[str], *, cwd: str | None = None) -> dict:
+    """Run ``python script args`` in a fresh process (its own peak RSS, its own Django or model)
+    and return the report it printed with ``child_report``; exit with its stderr when it failed."""
+    proc = subprocess.run([sys.executable, script, *args], cwd=cwd, capture_output=True, text=True)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(line[6:])

@@ -10,7 +10,7 @@ from django.core.management import CommandError, call_command
 
 from annotation import services
 from annotation.models import Preference, Prompt, Response
-from tests.factories import CampaignFactory, ComparisonFactory
+from tests.factories import ComparisonFactory
 from tests.shared_data import shared_data
 
 FIX = Path(settings.BASE_DIR) / "fixtures" / "tests"

@@ -14,24 +14,17 @@ import sys
 from pathlib import Path
 
 from training.config import config_from
-from training.formats import FormatError, parse_json_line, prompt_from_row
+from training.formats import json_rows, numbered_lines, prompt_from_row
 from training.models import EMBEDDED
 from training.recipes import RECIPES, recipe_for
 
 
 def _read_prompts(path: Path) -> list[list[dict]]:
-    prompts, errors = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = parse_json_line(line)
-            prompts.append(prompt_from_row({k: v for k, v in row.items() if k in ("prompt", "messages")}))
-        except FormatError as exc:
-            errors.append(f"{path}:{number}: {exc}")
-    if errors:
-        raise SystemExit("\n".join(errors))
-    return prompts
+    good, bad = json_rows(numbered_lines(path.read_bytes()),
+                          lambda row: prompt_from_row({k: v for k, v in row.items() if k in ("prompt", "messages")}))
+    if bad:
+        raise SystemExit("\n".join(f"{path}:{number}: {reason}" for number, reason in bad))
+    return [messages for _, messages in good]
 
 
 def cmd_sample(args) -> None:

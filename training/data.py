@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.formats import FormatError, PreferenceRecord, hh_preference, parse_json_line, trl_preference
+from training.formats import FormatError, PreferenceRecord, hh_preference, json_rows, numbered_lines, trl_preference
 
 IGNORE = -100
 
@@ -149,15 +149,9 @@ def tokenize_sft(
 def _read_jsonl(path: str | Path, report: Report, convert) -> list:
     """``convert(row)`` for every JSON line of ``path``; a line that cannot be read or converted
     is reported ("line N: reason") and skipped, not fatal."""
-    out = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(convert(parse_json_line(line)))
-        except FormatError as exc:
-            report.errors.append(f"line {number}: {exc}")
-    return out
+    good, bad = json_rows(numbered_lines(Path(path).read_bytes()), convert)
+    report.errors.extend(f"line {number}: {reason}" for number, reason in bad)
+    return [row for _, row in good]
 
 
 def _preference(row: dict) -> PreferenceRecord:

@@ -12,10 +12,11 @@ Formats read:
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
 DEFAULT_MAX_TEXT_CHARS = 100_000
@@ -85,9 +86,95 @@ def parse_json_line(line: str) -> dict:
         raise FormatError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     except RecursionError:
         raise FormatError("JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer over Python's 4,300-digit conversion limit
+        raise FormatError(f"not readable JSON ({str(exc)[:120]})") from None
     if not isinstance(row, dict):
         raise FormatError(f"expected a JSON object, got {type(row).__name__}")
     return row
+
+
+# ---------------------------------------------------------------- files -> numbered lines
+
+
+@dataclass(frozen=True)
+class UndecodableLine:
+    """A line whose bytes are not UTF-8: it stays in the numbered lines to be reported by number.
+    ``lossy`` (bad bytes as U+FFFD) only keeps a CSV file's quoting intact; it is never imported."""
+
+    reason: str
+    lossy: str = field(default="", compare=False, repr=False)
+
+
+Line = tuple[int, "str | UndecodableLine"]
+
+
+def numbered_lines(data: bytes) -> list[Line]:
+    """Numbered lines (from 1) of a UTF-8 text file or upload, each line decoded on its own so
+    that one bad line is reported by number while the others are still read. Lines end at
+    ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac files), never at U+2028 and friends, which may
+    sit inside JSON strings (``str.splitlines`` would cut there); a byte order mark at the
+    start of the file is dropped."""
+    out: list[Line] = []
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a raw CR cannot be inside a JSON string
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if number == 1:
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        try:
+            out.append((number, raw.decode("utf-8")))
+        except UnicodeDecodeError as exc:
+            reason = f"not UTF-8 text (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+            out.append((number, UndecodableLine(reason, raw.decode("utf-8", errors="replace"))))
+    return out
+
+
+def check_storable(value, where: str = "row") -> None:
+    """Refuse text a database cannot store, in any string of a parsed row, keys included: a NUL
+    character (U+0000; PostgreSQL refuses it in text and jsonb and fails the whole import) or a
+    lone surrogate (not Unicode; no UTF-8 encoding exists). The line is reported rather than the
+    text changed: an imported text must stay what the file says (its hash is its identity)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise FormatError(f"{where} contains a NUL character (U+0000), which the database cannot store")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise FormatError(f"{where} contains text that is not valid Unicode (a lone surrogate escape)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(key, f"{where} key")  # checked first, so naming it below is safe
+            check_storable(item, key if where == "row" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_storable(item, f"{where}[{i}]")
+
+
+def json_row(line: str, *, max_line_chars: int) -> dict:
+    """One JSON-lines row, checked for size and for text the database refuses."""
+    if len(line) > max_line_chars:
+        raise FormatError(f"line is too long ({len(line)} characters, limit {max_line_chars})")
+    if "\x00" in line:  # a raw NUL byte: invalid JSON too, but this says what is wrong
+        raise FormatError("the line contains a NUL character (U+0000), which the database cannot store")
+    row = parse_json_line(line)
+    if "\\u" in line:  # only a \u escape can put a NUL or a lone surrogate into a parsed string
+        check_storable(row)
+    return row
+
+
+def json_rows(lines: list[Line], convert, *, max_line_chars: int = 10 * DEFAULT_MAX_TEXT_CHARS):
+    """(number, ``convert(row)``) for each good non-blank line, and (number, reason) for each
+    bad one: unreadable bytes, bad JSON, or a row ``convert`` refuses with FormatError."""
+    good, bad = [], []
+    for number, line in lines:
+        if isinstance(line, UndecodableLine):
+            bad.append((number, line.reason))
+            continue
+        if not line.strip():
+            continue
+        try:
+            good.append((number, convert(json_row(line, max_line_chars=max_line_chars))))
+        except FormatError as exc:
+            bad.append((number, str(exc)))
+    return good, bad
 
 
 def prompt_from_row(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> list[dict]:

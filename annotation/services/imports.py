@@ -11,8 +11,8 @@ from django.db import transaction
 
 from annotation.errors import InvalidInput
 from annotation.models import Campaign, Preference, Prompt, Response
-from annotation.parsing import FileError, ImportReport, Line, csv_rows, json_lines, prompt_row
-from training.formats import PREFERENCE_READERS, FormatError, PreferenceRecord, messages_hash, text_hash
+from annotation.parsing import FileError, ImportReport, Line, csv_rows, json_lines, parse_rows, prompt_row
+from training.formats import PREFERENCE_READERS, PreferenceRecord, messages_hash, text_hash
 
 
 def prompts_import(*, campaign: Campaign, lines: list[Line], fmt: str = "jsonl", strict: bool = False) -> ImportReport:
@@ -29,12 +29,7 @@ def prompts_import(*, campaign: Campaign, lines: list[Line], fmt: str = "jsonl",
             rows = csv_rows(lines, report)
         except FileError as exc:
             raise InvalidInput(str(exc)) from None
-        good = []
-        for number, row in rows:
-            try:
-                good.append((number, parse(row)))
-            except FormatError as exc:
-                report.errors.append((number, str(exc)))
+        good = parse_rows(rows, report, parse)
         report.errors.sort()
     elif fmt == "jsonl":
         good = json_lines(lines, report, parse, max_line_chars=limits["MAX_IMPORT_LINE_CHARS"])

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from annotation import enqueue
 from annotation.errors import InvalidInput
+from annotation.limits import MAX_RUN_ERROR_CHARS
 from annotation.models import Campaign, ModelVersion, TrainingRun
 from annotation.services.sampling import campaign_policy_ensure
 from training.config import config_from
@@ -90,7 +91,7 @@ def training_run_finish(
         run = TrainingRun.objects.select_for_update().select_related("base_version").get(pk=run_id)
         if run.status == TrainingRun.Status.CANCELLED:
             status = TrainingRun.Status.CANCELLED  # cancelled while it ran or failed: what the admin asked for stands
-        run.status, run.error, run.finished_at = status, error[:10_000], timezone.now()
+        run.status, run.error, run.finished_at = status, error[:MAX_RUN_ERROR_CHARS], timezone.now()
         run.save(update_fields=["status", "error", "finished_at"])
         if status != TrainingRun.Status.SUCCEEDED:
             return None

@@ -1,7 +1,6 @@
 """training.sampling on a tiny random model with the real SmolLM2 tokenizer."""
 
 import pytest
-import torch
 
 from training.data import prompt_tokens, tokenize_sft
 from training.sampling import SamplingParams, generate, sample_pairs, sequence_logprob

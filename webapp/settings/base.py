@@ -9,6 +9,8 @@ from pathlib import Path
 
 import environ
 
+from training.formats import DEFAULT_MAX_TEXT_CHARS  # torch-free: the CLI readers use the same default
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 
@@ -199,7 +201,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 PREFLOOP = {
     # Largest accepted upload / import line and text field, in characters.
     "MAX_IMPORT_LINE_CHARS": 1_000_000,
-    "MAX_TEXT_CHARS": 100_000,
+    "MAX_TEXT_CHARS": DEFAULT_MAX_TEXT_CHARS,
     # The policy a campaign without one samples from (registered as a ModelVersion on first use):
     # a Hugging Face id, a local directory, or the embedded SmolLM2-135M-Instruct.
     "DEFAULT_POLICY": env.str("PREFLOOP_DEFAULT_POLICY", default="smollm2-135m-instruct"),

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from django.core.management.base import CommandError
 
-from annotation import parsing
 from annotation.errors import ApplicationError
 from annotation.models import Campaign
+from training import formats
 
 
 @contextlib.contextmanager
@@ -27,13 +27,13 @@ def campaign_or_error(slug: str) -> Campaign:
         raise CommandError(f"No campaign '{slug}' (known: {known}).") from None
 
 
-def numbered_lines(path: str) -> list[parsing.Line]:
+def numbered_lines(path: str) -> list[formats.Line]:
     """Numbered lines of a UTF-8 text file (a line that is not UTF-8 is reported by number)."""
     p = Path(path)
     if not p.is_file():
         raise CommandError(f"{path}: no such file")
     try:
-        return parsing.numbered_lines(p.read_bytes())
+        return formats.numbered_lines(p.read_bytes())
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from None
 
