@@ -15,10 +15,9 @@ from annotation.parsing import (
     csv_rows,
     json_lines,
     jsonl_lines,
-    numbered_lines,
     prompt_row,
 )
-from training.formats import FormatError, trl_preference
+from training.formats import FormatError, numbered_lines, trl_preference
 
 NUL_REASON = "contains a NUL character (U+0000), which the database cannot store"
 
