@@ -17,9 +17,11 @@ from annotation.models import (
     Comparison,
     GuidelineVersion,
     ModelVersion,
+    PolicyPromotion,
     Preference,
     Prompt,
     Response,
+    RetrainPolicy,
     TrainingRun,
     Vote,
 )
@@ -63,12 +65,21 @@ class GuidelineInline(admin.TabularInline):
         return False
 
 
+class RetrainPolicyInline(admin.StackedInline):
+    """The campaign's periodic retraining (the config is checked against the trainer's on save)."""
+
+    model = RetrainPolicy
+    fields = ("enabled", "kind", "config", "every_n_preferences", "min_interval_minutes")
+    extra = 0
+    max_num = 1
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     form = CampaignForm
     list_display = ("slug", "name", "is_active", "policy", "arena_policy", "buffer_size", "votes_per_pair", "gold_rate", "created_at")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = [GuidelineInline]
+    inlines = [GuidelineInline, RetrainPolicyInline]
     actions = ["export_preferences", "sample_pairs_now"]
 
     @admin.action(description="Sample a buffer's worth of pairs now (gpu worker)", permissions=["change"])
@@ -108,8 +119,23 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
 @admin.register(TrainingRun)
 class TrainingRunAdmin(ReadOnlyAdmin):
-    list_display = ("id", "kind", "campaign", "base_version", "status", "device", "created_at", "finished_at")
-    list_filter = ("kind", "status")
+    list_display = ("id", "kind", "campaign", "base_version", "status", "trigger", "created_by", "step", "total_steps", "device",
+                    "created_at", "finished_at")
+    list_filter = ("kind", "status", "trigger")
+
+
+@admin.register(RetrainPolicy)
+class RetrainPolicyAdmin(admin.ModelAdmin):
+    list_display = ("campaign", "enabled", "kind", "every_n_preferences", "min_interval_minutes", "updated_at")
+    list_filter = ("enabled", "kind")
+
+
+@admin.register(PolicyPromotion)
+class PolicyPromotionAdmin(ReadOnlyAdmin):
+    """Promotions and roll-backs happen through the API (services.campaign_policy_*): recorded here."""
+
+    list_display = ("id", "campaign", "action", "from_version", "to_version", "by", "created_at")
+    list_filter = ("campaign", "action")
 
 
 @admin.register(Prompt)

@@ -10,3 +10,5 @@ MAX_SECONDS_SPENT = 86_400  # a vote's time on task: up to a day, or it is not a
 MAX_TAG_CHARS = 50  # one prompt tag
 MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # an import file sent to the API
 MAX_RUN_ERROR_CHARS = 10_000  # a training run's stored error (the traceback's end)
+MAX_METRIC_NAME_CHARS = 100  # TrainingMetric.name's column (a metric name, e.g. "eval_rewards/accuracies")
+MAX_PROMOTION_REASON_CHARS = 2_000  # why a policy was promoted or rolled back (API input)

@@ -1,8 +1,9 @@
 """Roles are Django groups with a fixed set of permissions.
 
 - annotator: works through their own task stream; sees only their own votes, never gold answers.
-- reviewer: sees every vote of a campaign (API and read-only Django admin).
-- admin: manages campaigns, guidelines, users and exports (Django admin, API).
+- reviewer: sees every vote of a campaign and the training runs (API and read-only Django admin).
+- admin: manages campaigns, guidelines, users and exports (Django admin, API); starts and
+  cancels training runs and promotes or rolls back policies (``manage_training``).
 """
 
 from django.contrib.auth import get_user_model
@@ -14,6 +15,7 @@ ROLES = (ANNOTATOR, REVIEWER, ADMIN)
 _VIEW = [
     "view_campaign", "view_guidelineversion", "view_prompt", "view_response", "view_comparison",
     "view_assignment", "view_vote", "view_preference", "view_modelversion",
+    "view_trainingrun", "view_trainingmetric", "view_retrainpolicy", "view_policypromotion",
 ]
 ROLE_PERMISSIONS = {
     ANNOTATOR: {"annotation": ["annotate"]},

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
@@ -10,7 +12,17 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotation.models import Assignment, Campaign, Comparison, GuidelineVersion, Preference, Prompt, Vote
+from annotation.models import (
+    Assignment,
+    Campaign,
+    Comparison,
+    GuidelineVersion,
+    Preference,
+    Prompt,
+    RetrainPolicy,
+    TrainingRun,
+    Vote,
+)
 from training.formats import FormatError, PreferenceRecord, trl_preference, trl_row
 
 
@@ -154,3 +166,82 @@ def training_records(*, campaign: Campaign) -> tuple[list[PreferenceRecord], lis
         except FormatError as exc:
             problems.append(f"preference {pk}: {exc}")
     return records, problems
+
+
+# ---------------------------------------------------------------- training runs and retraining
+
+
+def training_run_active_id(*, campaign: Campaign, kind: str) -> int | None:
+    """The id of the campaign's queued or running run of ``kind`` (at most one: a constraint)."""
+    active = TrainingRun.objects.filter(campaign=campaign, kind=kind, status__in=TrainingRun.ACTIVE)
+    return active.values_list("pk", flat=True).first()
+
+
+def training_runs_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[TrainingRun]:
+    """Runs of the campaigns the user sees (and runs of no campaign), newest first."""
+    qs = TrainingRun.objects.select_related("campaign", "base_version", "created_by").prefetch_related("outputs")
+    if campaign is not None:
+        qs = qs.filter(campaign=campaign)
+    else:
+        qs = qs.filter(Q(campaign__in=campaigns_for_user(user=user)) | Q(campaign__isnull=True))
+    return qs.order_by("-created_at", "-pk")
+
+
+def training_run_metrics(*, run: TrainingRun) -> list[dict]:
+    """The run's metrics, one dict per step in step order: ``{"step": 10, "loss": 0.61, ...}``
+    (a step's training and ``eval_`` values together; null where a value was not finite)."""
+    rows: dict[int, dict] = {}
+    for step, name, value in run.metric_rows.order_by("step", "name").values_list("step", "name", "value"):
+        rows.setdefault(step, {"step": step})[name] = value
+    return list(rows.values())
+
+
+def training_run_series(*, run: TrainingRun, names: Iterable[str] | None = None) -> dict[str, list[tuple[int, float | None]]]:
+    """``{name: [(step, value), ...]}`` in step order, for charts; all names when ``names`` is None."""
+    qs = run.metric_rows.all()
+    if names is not None:
+        names = list(names)
+        qs = qs.filter(name__in=names)
+    series: dict[str, list[tuple[int, float | None]]] = {name: [] for name in names or ()}
+    for name, step, value in qs.order_by("name", "step").values_list("name", "step", "value"):
+        series.setdefault(name, []).append((step, value))
+    return series
+
+
+def training_run_eta_seconds(*, run: TrainingRun) -> float | None:
+    """Seconds left of a running run: steps left times its last logged ``seconds_per_step``."""
+    if run.status != TrainingRun.Status.RUNNING or not run.total_steps:
+        return None
+    per_step = run.metric_rows.filter(name="seconds_per_step", value__isnull=False).order_by("-step").values_list("value", flat=True).first()
+    return None if per_step is None else max(0, run.total_steps - run.step) * per_step
+
+
+@dataclass(frozen=True)
+class RetrainCheck:
+    due: bool
+    reason: str  # why (not), in words: for the log and the console
+    new_preferences: int | None = None  # None when not counted (a run is active, or too soon)
+
+
+def retrain_policy_check(*, policy: RetrainPolicy, now: datetime | None = None) -> RetrainCheck:
+    """Is the policy's run due? Not while a run of its kind is queued or running, nor before
+    ``min_interval_minutes`` after the last run of its kind was created; then when at least
+    ``every_n_preferences`` training preferences arrived since the last successful run of its
+    kind started (all of them when none succeeded)."""
+    now = now or timezone.now()
+    runs = TrainingRun.objects.filter(campaign_id=policy.campaign_id, kind=policy.kind)
+    active = runs.filter(status__in=TrainingRun.ACTIVE).values_list("pk", flat=True).first()
+    if active is not None:
+        return RetrainCheck(False, f"{policy.kind} run {active} is queued or running")
+    last_created = runs.order_by("-created_at").values_list("created_at", flat=True).first()
+    if last_created is not None and now - last_created < timedelta(minutes=policy.min_interval_minutes):
+        return RetrainCheck(False, f"the last {policy.kind} run is younger than {policy.min_interval_minutes} min")
+    prefs = Preference.objects.filter(campaign_id=policy.campaign_id, prompt__split=Prompt.Split.TRAIN)
+    last_ok = runs.filter(status=TrainingRun.Status.SUCCEEDED).order_by("-created_at").first()
+    if last_ok is not None:
+        prefs = prefs.filter(created_at__gt=last_ok.started_at or last_ok.created_at)
+    n = prefs.count()
+    since = f"since run {last_ok.pk}" if last_ok else "in all (no successful run yet)"
+    if n < policy.every_n_preferences:
+        return RetrainCheck(False, f"{n} new preference(s) {since}, {policy.every_n_preferences} needed", n)
+    return RetrainCheck(True, f"{n} new preference(s) {since}", n)

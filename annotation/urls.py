@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation import api, views
+from annotation import api, api_runs, views
 
 api_urls = [
     path("campaigns/", api.CampaignListApi.as_view(), name="api-campaigns"),
@@ -12,6 +12,11 @@ api_urls = [
     path("assignments/<int:assignment_id>/vote/", api.VoteSubmitApi.as_view(), name="api-vote"),
     path("assignments/<int:assignment_id>/skip/", api.SkipApi.as_view(), name="api-skip"),
     path("votes/", api.VoteListApi.as_view(), name="api-votes"),
+    path("campaigns/<slug:slug>/promote/", api_runs.CampaignPromoteApi.as_view(), name="api-promote"),
+    path("campaigns/<slug:slug>/rollback/", api_runs.CampaignRollbackApi.as_view(), name="api-rollback"),
+    path("training-runs/", api_runs.TrainingRunListApi.as_view(), name="api-training-runs"),
+    path("training-runs/<int:run_id>/", api_runs.TrainingRunDetailApi.as_view(), name="api-training-run"),
+    path("training-runs/<int:run_id>/cancel/", api_runs.TrainingRunCancelApi.as_view(), name="api-training-run-cancel"),
 ]
 
 page_urls = [

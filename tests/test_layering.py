@@ -32,7 +32,8 @@ def test_web_modules_load_no_workers_module():
     code = (
         "import sys, django; django.setup(); "
         "before = {m for m in sys.modules if m.split('.')[0] == 'workers'}; "  # the installed app's empty package
-        "import annotation.services, annotation.admin, annotation.api, annotation.views, annotation.demo, webapp.urls; "
+        "import annotation.services, annotation.admin, annotation.api, annotation.api_runs, annotation.views, annotation.demo; "
+        "import webapp.urls, annotation.management.commands.train; "
         "import annotation.management.commands.import_preferences, annotation.management.commands.import_prompts; "
         "import annotation.management.commands.export_preferences, annotation.management.commands.seed_demo; "
         "print(sorted({m for m in sys.modules if m.split('.')[0] == 'workers'} - before))"
@@ -44,7 +45,8 @@ def test_web_modules_load_no_workers_module():
 
 
 @pytest.mark.parametrize(
-    "task,queue", [("gpu_train", "gpu"), ("sample_pairs", "gpu"), ("expire_leases", "default"), ("refill_buffers", "default")]
+    "task,queue", [("gpu_train", "gpu"), ("sample_pairs", "gpu"), ("expire_leases", "default"), ("refill_buffers", "default"),
+                   ("retrain_due", "default")]
 )
 def test_tasks_sent_by_name_keep_their_routes(task, queue):
     assert enqueue.app.amqp.router.route({}, f"workers.tasks.{task}", [], {}, None)["queue"].name == queue

@@ -5,6 +5,9 @@ from django.test import Client
 
 from tests.factories import UserFactory
 
+# The campaign form's retrain-policy inline, left empty.
+NO_RETRAIN_POLICY = {"retrain_policy-TOTAL_FORMS": 0, "retrain_policy-INITIAL_FORMS": 0}
+
 
 def client_for(user):
     c = Client()
@@ -59,7 +62,7 @@ def test_admin_edits_guideline_in_admin_creating_a_version(campaign, admin_user)
         {
             "slug": campaign.slug, "name": campaign.name, "guideline": "Version two.", "votes_per_pair": 3, "gold_rate": 0,
             "lease_minutes": 15, "buffer_size": 20, "is_active": "on", "sampling_params": "{}", "judge_settings": "{}",
-            "retrain_policy": "{}", "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 1,
+            "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 1, **NO_RETRAIN_POLICY,
             "guidelines-0-id": campaign.guidelines.get().pk, "guidelines-0-campaign": campaign.pk,
         }
     )
@@ -79,7 +82,7 @@ def test_admin_refuses_bad_sampling_params_and_enqueues_sampling(campaign, admin
         {
             "slug": campaign.slug, "name": campaign.name, "guideline": "v1", "votes_per_pair": 3, "gold_rate": 0,
             "lease_minutes": 15, "buffer_size": 20, "is_active": "on", "sampling_params": '{"temperature": 0}',
-            "judge_settings": "{}", "retrain_policy": "{}", "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 1,
+            "judge_settings": "{}", "guidelines-TOTAL_FORMS": 1, "guidelines-INITIAL_FORMS": 1, **NO_RETRAIN_POLICY,
             "guidelines-0-id": campaign.guidelines.get().pk, "guidelines-0-campaign": campaign.pk,
         }
     )

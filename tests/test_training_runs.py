@@ -37,8 +37,11 @@ def test_dpo_run_registers_a_new_policy_version_that_samples(campaign, django_ca
     run.refresh_from_db()
     assert run.status == "succeeded" and run.started_at and run.finished_at and run.device == "cpu"
     assert run.data_manifest["rows"] >= 3 and len(run.data_manifest["sha256"]) == 64
-    losses = [m["loss"] for m in run.metrics if "loss" in m]
+    metrics = selectors.training_run_metrics(run=run)
+    losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 2 and losses[0] == pytest.approx(0.6931, abs=1e-3)
+    assert [m["step"] for m in metrics] == [1, 2] and {"learning_rate", "grad_norm", "rewards/accuracies"} <= set(metrics[0])
+    assert (run.step, run.total_steps) == (2, 2)  # progress, as the pages and `train --wait` show it
     new = ModelVersion.objects.get(training_run=run)
     assert new.parent == base and new.kind == "policy" and new.name == f"{base.name}+dpo-{run.pk}"
     # The new version is a policy the platform can sample from.
@@ -61,7 +64,7 @@ def test_a_redelivered_run_resumes_and_non_finite_metrics_are_stored_as_null(cam
     services.training_run_log(run_id=run.pk, metrics={"loss": float("nan"), "step": 0})
     assert run_training(run_id=run.pk) == "succeeded"
     run.refresh_from_db()
-    assert run.metrics[0] == {"loss": None, "step": 0} and run.status == "succeeded"
+    assert selectors.training_run_metrics(run=run)[0] == {"loss": None, "step": 0} and run.status == "succeeded"
 
 
 def test_bad_config_or_kind_is_refused_before_anything_is_queued(campaign):
@@ -93,8 +96,8 @@ def test_cancelled_run_does_not_start_or_stops_between_steps(campaign):
     run = services.training_run_create(campaign=campaign, kind="dpo", config={**SMALL, "max_steps": 50})
     original = services.training_run_log
 
-    def log_then_cancel(*, run_id, metrics):  # an admin cancels while the run trains
-        original(run_id=run_id, metrics=metrics)
+    def log_then_cancel(*, run_id, metrics, step):  # an admin cancels while the run trains
+        original(run_id=run_id, metrics=metrics, step=step)
         services.training_run_cancel(run_id=run_id)
 
     services.training_run_log = log_then_cancel
@@ -103,7 +106,7 @@ def test_cancelled_run_does_not_start_or_stops_between_steps(campaign):
     finally:
         services.training_run_log = original
     run.refresh_from_db()
-    assert run.status == "cancelled" and len(run.metrics) == 1
+    assert run.status == "cancelled" and len(selectors.training_run_metrics(run=run)) == 1 and run.step == 1
     assert not ModelVersion.objects.filter(training_run=run).exists()
 
 

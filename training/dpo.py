@@ -91,6 +91,7 @@ def train(
     *,
     eval_records: list[PreferenceRecord] | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     progress: bool = False,
 ) -> tuple[Result, Report]:
@@ -143,5 +144,6 @@ def train(
     result = train_loop(cfg=cfg, model=model, tokenizer=tokenizer, n_rows=len(train_ex), batch_loss=batch_loss,
                         row_tokens=lambda i: len(train_ex[i].prompt_ids) + len(train_ex[i].chosen_ids) + len(train_ex[i].rejected_ids),
                         evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
-                        on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
+                        on_metrics=on_metrics, on_progress=on_progress,
+                        should_cancel=should_cancel, progress=progress)
     return result, report

@@ -201,6 +201,7 @@ def train_loop(
     out_dir: Path,
     extra: dict | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     resume: bool = True,
     progress: bool = False,
@@ -210,7 +211,8 @@ def train_loop(
     the step's gradient is the mean over its micro-batches. With ``max_tokens_per_forward``, a
     micro-batch is cut into forwards of at most that many packed tokens (``row_tokens``), each
     weighted by its share of the micro-batch (``row_weight``: rows by default, response tokens
-    for SFT), so the gradient is the same as one forward's."""
+    for SFT), so the gradient is the same as one forward's. ``on_progress(step, total_steps)``
+    is called once before the first step (``step`` > 0 when resumed) and after every step."""
     return_freed_memory_to_the_os()  # a no-op after load_model; here for a model built elsewhere
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -233,6 +235,8 @@ def train_loop(
         from tqdm import tqdm
 
         bar = tqdm(total=steps, initial=start, desc="training", unit="step")
+    if on_progress is not None:
+        on_progress(start, steps)
     model.train()
     window: list[dict] = []
     t_window = time.perf_counter()
@@ -270,6 +274,8 @@ def train_loop(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_stats['loss']:.4f}")
+        if on_progress is not None:
+            on_progress(step, steps)
         if step % cfg.log_every == 0 or step == steps:
             row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
             row.update(step=step, epoch=step * cfg.grad_accum * cfg.batch_size / max(1, n_rows),

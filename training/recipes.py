@@ -33,7 +33,7 @@ class Recipe:
 
     def train(self, cfg, rows: list, out_dir: str | Path, **kw):
         """``module.train(cfg, rows, out_dir, **kw)``: (Result, Report). ``kw``: eval rows,
-        on_metrics, should_cancel, progress (see the module's ``train``)."""
+        on_metrics, on_progress, should_cancel, progress (see the module's ``train``)."""
         if not isinstance(cfg, self.config_cls):
             raise TypeError(f"{self.kind} trains from a {self.config_cls.__name__}, not a {type(cfg).__name__}")
         return importlib.import_module(self.module).train(cfg, rows, out_dir, **kw)

@@ -30,6 +30,7 @@ def train(
     *,
     eval_rows: list[tuple[list[dict], str]] | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     progress: bool = False,
 ) -> tuple[Result, Report]:
@@ -57,5 +58,6 @@ def train(
                         row_tokens=lambda i: len(train_ex[i].prompt_ids) + len(train_ex[i].response_ids),
                         row_weight=lambda i: len(train_ex[i].response_ids),
                         evaluate=evaluate if eval_ex else None, out_dir=Path(out_dir), extra=extra,
-                        on_metrics=on_metrics, should_cancel=should_cancel, progress=progress)
+                        on_metrics=on_metrics, on_progress=on_progress,
+                        should_cancel=should_cancel, progress=progress)
     return result, report

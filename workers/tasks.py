@@ -63,6 +63,16 @@ def refill_buffers() -> dict[int, int]:
     return enqueued
 
 
+@shared_task(name="workers.tasks.retrain_due", ignore_result=False, soft_time_limit=60, time_limit=120)
+def retrain_due() -> list[int]:
+    """Beat, every minute: start a run (trigger ``periodic``) for each campaign whose retrain
+    policy is due; once per policy even when two beats run at once. Returns the runs' ids."""
+    runs = services.retrain_policies_trigger()
+    if runs:
+        logger.info("retraining: started run(s) %s", [r.pk for r in runs])
+    return [r.pk for r in runs]
+
+
 @shared_task(name="workers.tasks.gpu_train", ignore_result=False, acks_late=True)
 def gpu_train(run_id: int) -> str:
     """Run a queued TrainingRun (gpu queue; the default task time limit of 6 h applies)."""

@@ -1,13 +1,16 @@
 """Run a queued TrainingRun: the glue between ``annotation`` (which preferences, which base
 version, where metrics and the new ModelVersion go) and ``training.recipes`` (the trainers).
 
-Metrics rows are stored on the run as the recipe reports them; a cancel (the run's status set
-to ``cancelled``) is seen between steps; a success registers the output as a new version.
+Metrics are stored as TrainingMetric rows as the recipe reports them, and the run's step /
+total steps as it goes (at most once a second, and always the first and where it stopped); a cancel
+(the run's status set to ``cancelled``) is seen between steps; a success registers the output
+as a new version.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from annotation.models import TrainingRun
 logger = logging.getLogger(__name__)
 
 MAX_PROBLEMS_KEPT = 50  # unusable rows listed in a run's data manifest (all are counted)
+PROGRESS_EVERY_SECONDS = 1.0  # step / total written at most this often (one UPDATE each)
 
 
 def artifacts_dir() -> Path:
@@ -62,15 +66,31 @@ def run_training(*, run_id: int) -> str:
     def cancelled() -> bool:
         return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.CANCELLED).exists()
 
+    seen: dict = {"now": None, "written": None, "at": float("-inf")}  # (step, total): last seen, last written
+
+    def write_progress() -> None:
+        if seen["now"] is not None and seen["now"] != seen["written"]:
+            step, total = seen["now"]
+            services.training_run_progress(run_id=run_id, step=step, total_steps=total)
+            seen["written"], seen["at"] = seen["now"], time.monotonic()
+
+    def progress(step: int, total: int) -> None:
+        seen["now"] = (step, total)
+        if step == total or time.monotonic() - seen["at"] >= PROGRESS_EVERY_SECONDS:
+            write_progress()
+
     try:
-        result, report = recipe.train(cfg, rows, out, should_cancel=cancelled,
-                                      on_metrics=lambda step, m: services.training_run_log(run_id=run_id, metrics=m))
+        result, report = recipe.train(cfg, rows, out, should_cancel=cancelled, on_progress=progress,
+                                      on_metrics=lambda step, m: services.training_run_log(run_id=run_id, metrics=m, step=step))
     except Exception as exc:  # the run records why; the task does not retry a failed training
         logger.exception("training run %s failed", run_id)
+        write_progress()
         return _finish(run_id, TrainingRun.Status.FAILED, error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}")
+    write_progress()  # where a cancelled run stopped
     if result.status != "completed":
         return _finish(run_id, TrainingRun.Status.CANCELLED)
-    final = result.metrics[-1] if result.metrics else {}
+    # The last step's training row and its final evaluation row, together.
+    final = {k: v for m in result.metrics if m.get("step") == result.step for k, v in m.items()}
     try:
         version = services.training_run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, artifact_path=str(out),
                                                final_metrics={**final, "data_report": report.as_dict()})

@@ -19,11 +19,14 @@ from annotation.services.sampling import (
     comparisons_create_sampled,
     model_version_register_base,
 )
+from annotation.services.promotions import campaign_policy_promote, campaign_policy_rollback
+from annotation.services.retraining import retrain_policies_trigger, retrain_policy_trigger
 from annotation.services.training_runs import (
     training_run_cancel,
     training_run_create,
     training_run_finish,
     training_run_log,
+    training_run_progress,
     training_run_start,
 )
 from annotation.services.votes import Aggregate, VoteResult, vote_submit, votes_aggregate
@@ -38,6 +41,8 @@ __all__ = [
     "assignments_expire",
     "campaign_create",
     "campaign_policy_ensure",
+    "campaign_policy_promote",
+    "campaign_policy_rollback",
     "campaign_refill_claim",
     "campaign_refill_release",
     "comparison_create",
@@ -49,10 +54,13 @@ __all__ = [
     "prompt_get_or_create",
     "prompts_import",
     "response_get_or_create_text",
+    "retrain_policies_trigger",
+    "retrain_policy_trigger",
     "training_run_cancel",
     "training_run_create",
     "training_run_finish",
     "training_run_log",
+    "training_run_progress",
     "training_run_start",
     "vote_submit",
     "votes_aggregate",

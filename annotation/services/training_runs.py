@@ -1,41 +1,61 @@
-"""Training runs: queued here, started, logged and finished by the gpu worker's task."""
+"""Training runs: queued here (console, API, shell or the retrain beat), started, logged,
+advanced and finished by the gpu worker's task."""
 
 from __future__ import annotations
 
 import math
 
-from django.db import transaction
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotation import enqueue
-from annotation.errors import InvalidInput
-from annotation.limits import MAX_RUN_ERROR_CHARS
-from annotation.models import Campaign, ModelVersion, TrainingRun
+from annotation import enqueue, selectors
+from annotation.errors import Conflict, InvalidInput, NotFound
+from annotation.limits import MAX_METRIC_NAME_CHARS, MAX_RUN_ERROR_CHARS
+from annotation.models import Campaign, ModelVersion, TrainingMetric, TrainingRun, validate_run_config
 from annotation.services.sampling import campaign_policy_ensure
-from training.config import config_from
-from training.recipes import recipe_for
 
 
-def training_run_create(*, campaign: Campaign, kind: str, config: dict | None = None, base_version: ModelVersion | None = None) -> TrainingRun:
+def training_run_create(
+    *,
+    campaign: Campaign,
+    kind: str,
+    config: dict | None = None,
+    base_version: ModelVersion | None = None,
+    created_by: AbstractBaseUser | None = None,
+    trigger: str = TrainingRun.Trigger.SHELL,
+) -> TrainingRun:
     """Queue a training run on the campaign's preferences, from ``base_version`` (default: the
     campaign's active policy). Kind and config are checked here against the trainer's config
-    dataclass (torch-free), so a typo is refused before anything is queued."""
+    dataclass (torch-free), so a typo is refused before anything is queued. A campaign has at
+    most one queued or running run per kind (a database constraint): a second is a Conflict
+    naming the first."""
+    if trigger not in TrainingRun.Trigger.values:
+        raise InvalidInput(f"Unknown trigger {trigger!r}; known: {', '.join(TrainingRun.Trigger.values)}.", details={"field": "trigger"})
+    config = {} if config is None else config
     try:
-        recipe = recipe_for(kind)
-    except ValueError as exc:
-        raise InvalidInput(f"{exc}.", details={"field": "kind"}) from None
-    if config is not None and not isinstance(config, dict):
-        raise InvalidInput("A training config must be a JSON object.", details={"field": "config"})
-    config = config or {}
-    if "model" in config:
-        raise InvalidInput("A training config cannot set 'model': the run trains its base version.", details={"field": "config"})
-    try:
-        config_from(recipe.config_cls, None, config)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(f"Invalid {kind} config: {exc}", details={"field": "config"}) from None
+        validate_run_config(kind, config)
+    except ValidationError as exc:
+        field, (message, *_) = next(iter(exc.message_dict.items()))
+        raise InvalidInput(message, details={"field": field}) from None
+    user = created_by if created_by is not None and created_by.is_authenticated else None
     with transaction.atomic():
         base = base_version or campaign_policy_ensure(campaign=campaign)
-        run = TrainingRun.objects.create(kind=kind, campaign=campaign, config=config, base_version=base)
+        try:
+            with transaction.atomic():  # a savepoint: a caller's transaction survives the refusal
+                run = TrainingRun.objects.create(
+                    kind=kind, campaign=campaign, config=config, base_version=base, created_by=user, trigger=trigger
+                )
+        except IntegrityError:
+            active = selectors.training_run_active_id(campaign=campaign, kind=kind)
+            if active is None:
+                raise
+            raise Conflict(
+                f"Campaign '{campaign.slug}' already has a {kind} run queued or running (run {active}); "
+                "cancel it or wait for it to end.",
+                details={"run_id": active},
+            ) from None
         transaction.on_commit(lambda: enqueue.gpu_train(run.pk))
     return run
 
@@ -64,18 +84,54 @@ def training_run_start(*, run_id: int, device: str, data_manifest: dict) -> Trai
     return run
 
 
-def training_run_log(*, run_id: int, metrics: dict) -> None:
-    """Append one metrics row (a step's losses and rewards) to the run, under a row lock."""
-    with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().only("metrics").get(pk=run_id)
-        run.metrics = [*run.metrics, _finite(metrics)]
-        run.save(update_fields=["metrics"])
+def training_run_progress(*, run_id: int, step: int, total_steps: int) -> None:
+    """Record how far a run is: ``step`` of ``total_steps`` optimiser steps (pages, API and
+    ``manage.py train --wait`` show it; ETA from the ``seconds_per_step`` metric)."""
+    TrainingRun.objects.filter(pk=run_id).update(step=max(0, int(step)), total_steps=max(0, int(total_steps)))
+
+
+def _metric_value(name: str, value) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, (bool, int, float)):
+        raise InvalidInput(f"Metric {name!r} is not a number: {value!r}.", details={"field": name})
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def training_run_log(*, run_id: int, metrics: dict, step: int | None = None) -> int:
+    """Append one step's metrics to the run as TrainingMetric rows, in one INSERT: ``step``
+    (default: the dict's ``"step"``) and one row per other key; NaN / ±inf become null. A step
+    logged again (a resumed run redoes the steps after its last checkpoint) replaces its
+    values. Returns the number of rows written."""
+    if step is None:
+        if not isinstance(metrics.get("step"), (int, float)):
+            raise InvalidInput("A metrics row needs its step.", details={"field": "step"})
+        step = metrics["step"]
+    rows = [
+        TrainingMetric(run_id=run_id, step=int(step), name=str(name)[:MAX_METRIC_NAME_CHARS], value=_metric_value(name, value))
+        for name, value in metrics.items()
+        if name != "step"
+    ]
+    TrainingMetric.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["run", "name", "step"], update_fields=["value", "created_at"]
+    )
+    return len(rows)
 
 
 def training_run_cancel(*, run_id: int) -> TrainingRun:
+    """Cancel a queued or running run (a running one stops before its next step). Cancelling a
+    cancelled run changes nothing; one that succeeded or failed is a Conflict."""
     with transaction.atomic():
-        run = TrainingRun.objects.select_for_update().get(pk=run_id)
-        if run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+        run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
+        if run is None:
+            raise NotFound(f"No training run {run_id}.")
+        if run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED):
+            raise Conflict(f"Run {run_id} already {run.status}; there is nothing to cancel.", details={"status": run.status})
+        if run.status in TrainingRun.ACTIVE:
             run.status = TrainingRun.Status.CANCELLED
             run.finished_at = timezone.now()
             run.save(update_fields=["status", "finished_at"])

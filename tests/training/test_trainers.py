@@ -82,7 +82,9 @@ def test_reward_five_steps(tiny_policy, records, tmp_path):
 def test_sft_five_steps(tiny_policy, records, tmp_path):
     rows = [(r.prompt, r.chosen) for r in records]
     cfg = sft.SFTConfig(model=tiny_policy, max_steps=5, lr=1e-3, **TINY)
-    result, _ = sft.train(cfg, rows, tmp_path)
+    progress = []
+    result, _ = sft.train(cfg, rows, tmp_path, on_progress=lambda step, total: progress.append((step, total)))
+    assert progress == [(0, 5), (1, 5), (2, 5), (3, 5), (4, 5), (5, 5)]  # before the first step, then after each
     losses = [m["loss"] for m in result.metrics]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
     assert changed(initial(tiny_policy), weights(tmp_path))

@@ -152,6 +152,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Two "kind" choice sets: every run kind a stored run may have, and the kinds that can be started.
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingRunKindEnum": "annotation.models.TrainingRun.Kind",
+        "RecipeKindEnum": "annotation.api_runs.RECIPE_KINDS",
+    },
 }
 
 # ---------------------------------------------------------------- Celery
@@ -191,6 +196,8 @@ CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
     # Keeps each active campaign's open comparisons at buffer_size, so annotators never wait.
     "refill-buffers": {"task": "workers.tasks.refill_buffers", "schedule": 30.0},
+    # Starts a run for each campaign whose RetrainPolicy is due (once, even with two beats).
+    "retrain-due": {"task": "workers.tasks.retrain_due", "schedule": 60.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

@@ -1,177 +1,12 @@
-"""Prefloop's data model (DESIGN.md). Integrity lives here, in constraints; logic lives in services."""
+"""What annotators work on and what they produce: responses, comparisons, leases, votes and
+the preferences derived from them."""
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 
 from annotation.limits import MAX_SKIP_REASON_CHARS
-
-
-class Choice(models.TextChoices):
-    A = "a", "A better"
-    B = "b", "B better"
-    TIE = "tie", "Tie"
-    BOTH_BAD = "both_bad", "Both bad"
-
-
-class Strength(models.TextChoices):
-    SLIGHTLY = "slightly", "Slightly"
-    MUCH = "much", "Much"
-
-
-def validate_sampling_params(value) -> None:
-    """A campaign's sampling parameters must be valid ``SamplingParams`` fields (unknown keys rejected)."""
-    from training.params import SamplingParams  # torch-free
-
-    try:
-        SamplingParams.from_dict(value)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"Invalid sampling parameters: {exc}") from None
-
-
-class ModelVersion(models.Model):
-    """A policy or reward model: where it came from and where its weights are.
-
-    A base model (a Hugging Face id, a local directory or the embedded default) is registered
-    on first use with ``base`` = its spec and no parent; a trained version has a parent, the
-    run that made it and an ``artifact_path`` holding its weights."""
-
-    class Kind(models.TextChoices):
-        POLICY = "policy"
-        REWARD = "reward"
-
-    name = models.CharField(max_length=200, unique=True)
-    kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.POLICY)
-    base = models.CharField(max_length=500, help_text="Hugging Face id, local path or embedded spec.")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
-    artifact_path = models.CharField(max_length=1000, blank=True)
-    training_run = models.ForeignKey(
-        "TrainingRun", null=True, blank=True, on_delete=models.PROTECT, related_name="outputs",
-        help_text="The run that made this version (none for a registered base model).",
-    )
-    metrics = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    @property
-    def spec(self) -> str:
-        """What ``training.models.load_policy`` loads: the weights if trained, else the base."""
-        return self.artifact_path or self.base
-
-    def __str__(self):
-        return self.name
-
-
-class TrainingRun(models.Model):
-    """One training job: what it trained on, from which version, into which, and how it went."""
-
-    class Kind(models.TextChoices):
-        SFT = "sft"
-        REWARD = "reward"
-        DPO = "dpo"
-        PPO = "ppo"
-
-    class Status(models.TextChoices):
-        QUEUED = "queued"
-        RUNNING = "running"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-        CANCELLED = "cancelled"
-
-    kind = models.CharField(max_length=16, choices=Kind.choices)
-    campaign = models.ForeignKey("Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs")
-    config = models.JSONField(default=dict, blank=True)
-    data_manifest = models.JSONField(default=dict, blank=True, help_text="Which preferences, and their hash.")
-    base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs_from")
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
-    device = models.CharField(max_length=64, blank=True)
-    error = models.TextField(blank=True)
-    metrics = models.JSONField(default=list, blank=True, help_text="Per-step metrics, in order.")
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-
-    def __str__(self):
-        return f"{self.kind} run {self.pk}"
-
-
-class Campaign(models.Model):
-    """A collection effort: what is compared, by whom, how often, under which guideline."""
-
-    slug = models.SlugField(max_length=100, unique=True)
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    is_active = models.BooleanField(default=True)
-    policy = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns",
-        help_text="The active policy pairs are sampled from; the default policy is registered and set on first use.",
-    )
-    arena_policy = models.ForeignKey(
-        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="arena_campaigns",
-        help_text="Arena mode: each pair is one response from the policy and one from this version.",
-    )
-    sampling_params = models.JSONField(
-        default=dict, blank=True, validators=[validate_sampling_params],
-        help_text='Overrides of the sampling defaults, e.g. {"temperature": 0.8, "max_new_tokens": 200}.',
-    )
-    votes_per_pair = models.PositiveSmallIntegerField(default=3)
-    gold_rate = models.FloatField(default=0.0, help_text="Fraction of hand-outs that are gold comparisons.")
-    lease_minutes = models.PositiveSmallIntegerField(default=15)
-    buffer_size = models.PositiveIntegerField(
-        default=20, help_text="Open comparisons the workers keep sampled ahead of annotators (0: no sampling)."
-    )
-    # Set when a buffer refill is enqueued, cleared when it ends: one refill in flight per campaign.
-    refill_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
-    judge_settings = models.JSONField(default=dict, blank=True)
-    retrain_policy = models.JSONField(default=dict, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [
-            models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_votes_per_pair_gte_1"),
-            models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="campaign_gold_rate_0_1"),
-            models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="campaign_lease_minutes_gte_1"),
-        ]
-
-    def __str__(self):
-        return self.slug
-
-
-class GuidelineVersion(models.Model):
-    """Immutable guideline text; editing a guideline creates the next version."""
-
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="guidelines")
-    version = models.PositiveIntegerField()
-    text = models.TextField()
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["campaign", "version"], name="guideline_unique_version")]
-        ordering = ["campaign", "-version"]
-
-    def __str__(self):
-        return f"{self.campaign.slug} v{self.version}"
-
-
-class Prompt(models.Model):
-    class Split(models.TextChoices):
-        TRAIN = "train"
-        EVAL = "eval"
-
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
-    messages = models.JSONField(help_text="Chat turns: a list of {role, content}.")
-    # sha256 of the canonical JSON of `messages`: importing the same prompt twice is a no-op.
-    messages_hash = models.CharField(max_length=64)
-    tags = models.JSONField(default=list, blank=True)
-    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        constraints = [models.UniqueConstraint(fields=["campaign", "messages_hash"], name="prompt_unique_per_campaign")]
-
-    def __str__(self):
-        return f"prompt {self.pk}"
+from annotation.models.campaigns import Campaign, Choice, GuidelineVersion, Prompt, Strength
 
 
 class Response(models.Model):
@@ -181,7 +16,7 @@ class Response(models.Model):
         HUMAN = "human"
 
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="responses")
-    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="responses")
+    model_version = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="responses")
     source = models.CharField(max_length=8, choices=Source.choices, default=Source.POLICY)
     text = models.TextField()
     text_hash = models.CharField(max_length=64)

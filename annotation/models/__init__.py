@@ -1,0 +1,28 @@
+"""Prefloop's data model (DESIGN.md), one module per part; every model is re-exported here, so
+``from annotation.models import Vote`` works and Django finds them all. Integrity lives in the
+models' constraints; logic lives in services."""
+
+from annotation.models.campaigns import Campaign, Choice, GuidelineVersion, Prompt, Strength, validate_sampling_params
+from annotation.models.items import Assignment, Comparison, Preference, Response, Vote
+from annotation.models.policies import PolicyPromotion, RetrainPolicy
+from annotation.models.runs import ModelVersion, TrainingMetric, TrainingRun, validate_run_config
+
+__all__ = [
+    "Assignment",
+    "Campaign",
+    "Choice",
+    "Comparison",
+    "GuidelineVersion",
+    "ModelVersion",
+    "PolicyPromotion",
+    "Preference",
+    "Prompt",
+    "Response",
+    "RetrainPolicy",
+    "Strength",
+    "TrainingMetric",
+    "TrainingRun",
+    "Vote",
+    "validate_run_config",
+    "validate_sampling_params",
+]

@@ -1,0 +1,105 @@
+"""Campaigns, their guidelines and prompts, and the choice vocabulary votes use."""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+class Choice(models.TextChoices):
+    A = "a", "A better"
+    B = "b", "B better"
+    TIE = "tie", "Tie"
+    BOTH_BAD = "both_bad", "Both bad"
+
+
+class Strength(models.TextChoices):
+    SLIGHTLY = "slightly", "Slightly"
+    MUCH = "much", "Much"
+
+
+def validate_sampling_params(value) -> None:
+    """A campaign's sampling parameters must be valid ``SamplingParams`` fields (unknown keys rejected)."""
+    from training.params import SamplingParams  # torch-free
+
+    try:
+        SamplingParams.from_dict(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"Invalid sampling parameters: {exc}") from None
+
+class Campaign(models.Model):
+    """A collection effort: what is compared, by whom, how often, under which guideline."""
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    policy = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="campaigns",
+        help_text="The active policy pairs are sampled from; the default policy is registered and set on first use.",
+    )
+    arena_policy = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="arena_campaigns",
+        help_text="Arena mode: each pair is one response from the policy and one from this version.",
+    )
+    sampling_params = models.JSONField(
+        default=dict, blank=True, validators=[validate_sampling_params],
+        help_text='Overrides of the sampling defaults, e.g. {"temperature": 0.8, "max_new_tokens": 200}.',
+    )
+    votes_per_pair = models.PositiveSmallIntegerField(default=3)
+    gold_rate = models.FloatField(default=0.0, help_text="Fraction of hand-outs that are gold comparisons.")
+    lease_minutes = models.PositiveSmallIntegerField(default=15)
+    buffer_size = models.PositiveIntegerField(
+        default=20, help_text="Open comparisons the workers keep sampled ahead of annotators (0: no sampling)."
+    )
+    # Set when a buffer refill is enqueued, cleared when it ends: one refill in flight per campaign.
+    refill_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    judge_settings = models.JSONField(default=dict, blank=True)
+    # The retrain policy is its own row (RetrainPolicy, campaign.retrain_policy); promotions: campaign.promotions.
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_votes_per_pair_gte_1"),
+            models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="campaign_gold_rate_0_1"),
+            models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="campaign_lease_minutes_gte_1"),
+        ]
+
+    def __str__(self):
+        return self.slug
+
+
+class GuidelineVersion(models.Model):
+    """Immutable guideline text; editing a guideline creates the next version."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="guidelines")
+    version = models.PositiveIntegerField()
+    text = models.TextField()
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "version"], name="guideline_unique_version")]
+        ordering = ["campaign", "-version"]
+
+    def __str__(self):
+        return f"{self.campaign.slug} v{self.version}"
+
+
+class Prompt(models.Model):
+    class Split(models.TextChoices):
+        TRAIN = "train"
+        EVAL = "eval"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="prompts")
+    messages = models.JSONField(help_text="Chat turns: a list of {role, content}.")
+    # sha256 of the canonical JSON of `messages`: importing the same prompt twice is a no-op.
+    messages_hash = models.CharField(max_length=64)
+    tags = models.JSONField(default=list, blank=True)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "messages_hash"], name="prompt_unique_per_campaign")]
+
+    def __str__(self):
+        return f"prompt {self.pk}"

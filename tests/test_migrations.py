@@ -1,0 +1,53 @@
+"""Data migrations of issue 10 on PostgreSQL: a run's JSON list of metrics becomes TrainingMetric
+rows; of several active runs of one campaign and kind only one stays active; and the models
+match the migrations."""
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from annotation.models import TrainingMetric, TrainingRun
+
+BEFORE = [("annotation", "0003_runs_metrics_policies")]
+
+
+def test_models_match_migrations(db):
+    out = io.StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_metrics_json_to_rows_and_one_active_run_per_kind():
+    executor = MigrationExecutor(connection)
+    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
+    executor.migrate(BEFORE)
+    try:
+        apps = executor.loader.project_state(BEFORE).apps
+        Campaign, ModelVersion, Run = (apps.get_model("annotation", m) for m in ("Campaign", "ModelVersion", "TrainingRun"))
+        campaign = Campaign.objects.create(slug="m", name="m")
+        base = ModelVersion.objects.create(name="b", base="b")
+        old_metrics = [
+            {"step": 1, "loss": 0.7, "learning_rate": 1e-5, "note": "not a number"},
+            {"step": 2, "loss": None},  # a NaN, stored as null by the old code
+            {"step": 2, "eval_loss": 0.5},
+            {"step": 2, "loss": 0.6},  # logged again after a resume: the last value wins
+        ]
+        done = Run.objects.create(kind="dpo", campaign=campaign, base_version=base, status="succeeded", metrics=old_metrics)
+        queued_old = Run.objects.create(kind="dpo", campaign=campaign, base_version=base, status="queued")
+        queued_new = Run.objects.create(kind="dpo", campaign=campaign, base_version=base, status="queued")
+        running = Run.objects.create(kind="reward", campaign=campaign, base_version=base, status="running")
+        queued_after_running = Run.objects.create(kind="reward", campaign=campaign, base_version=base, status="queued")
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+    rows = TrainingMetric.objects.filter(run_id=done.pk).order_by("step", "name").values_list("step", "name", "value")
+    assert list(rows) == [(1, "learning_rate", 1e-5), (1, "loss", 0.7), (2, "eval_loss", 0.5), (2, "loss", 0.6)]
+    assert TrainingRun.objects.get(pk=done.pk).step == 2
+    status = dict(TrainingRun.objects.values_list("pk", "status"))
+    assert status[queued_new.pk] == "queued" and status[running.pk] == "running"
+    assert status[queued_old.pk] == status[queued_after_running.pk] == "cancelled"
+    assert TrainingRun.objects.get(pk=queued_old.pk).error.startswith(f"Cancelled by migration 0004: run {queued_new.pk} ")
