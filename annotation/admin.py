@@ -15,6 +15,7 @@ from annotation.models import (
     Assignment,
     Campaign,
     Comparison,
+    Evaluation,
     GuidelineVersion,
     ModelVersion,
     PolicyPromotion,
@@ -128,6 +129,14 @@ class TrainingRunAdmin(ReadOnlyAdmin):
 class RetrainPolicyAdmin(admin.ModelAdmin):
     list_display = ("campaign", "enabled", "kind", "every_n_preferences", "min_interval_minutes", "updated_at")
     list_filter = ("enabled", "kind")
+
+
+@admin.register(Evaluation)
+class EvaluationAdmin(ReadOnlyAdmin):
+    """Evaluations are made by the API, the shell and the training worker (services.evaluation_*): recorded here."""
+
+    list_display = ("id", "campaign", "candidate", "baseline", "status", "n_prompts", "win_rate", "kl", "decision", "created_at")
+    list_filter = ("campaign", "status", "decision")
 
 
 @admin.register(PolicyPromotion)

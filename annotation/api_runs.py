@@ -122,8 +122,11 @@ def _detail(run_id: int, user, *, code: int = status.HTTP_200_OK) -> Response:
 # ---------------------------------------------------------------- views
 
 
-class TrainingRunListApi(generics.ListAPIView):
-    serializer_class = TrainingRunOut
+class CampaignScopedListApi(generics.ListAPIView):
+    """A list anyone with the view permission reads (``?campaign=slug`` narrows it) and a POST
+    that needs the manage permission. ``visible_to(user=, campaign=)``: the selector."""
+
+    visible_to = None
 
     def get_permissions(self):
         return [perm(VIEW if self.request.method in SAFE_METHODS else MANAGE)()]
@@ -132,7 +135,12 @@ class TrainingRunListApi(generics.ListAPIView):
         campaign = None
         if slug := self.request.query_params.get("campaign"):
             campaign = _campaign(slug, self.request.user)
-        return selectors.training_runs_visible_to(user=self.request.user, campaign=campaign)
+        return type(self).visible_to(user=self.request.user, campaign=campaign)
+
+
+class TrainingRunListApi(CampaignScopedListApi):
+    serializer_class = TrainingRunOut
+    visible_to = staticmethod(selectors.training_runs_visible_to)
 
     @extend_schema(
         parameters=[OpenApiParameter("campaign", str, description="Campaign slug")],

@@ -22,3 +22,7 @@ def gpu_train(run_id: int) -> None:
 
 def sample_pairs(campaign_id: int, n: int) -> None:
     enqueue("sample_pairs", campaign_id, n)
+
+
+def gpu_evaluate(evaluation_id: int) -> None:
+    enqueue("gpu_evaluate", evaluation_id)

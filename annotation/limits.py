@@ -12,3 +12,5 @@ MAX_UPLOAD_BYTES = 200 * 1024 * 1024  # an import file sent to the API
 MAX_RUN_ERROR_CHARS = 10_000  # a training run's stored error (the traceback's end)
 MAX_METRIC_NAME_CHARS = 100  # TrainingMetric.name's column (a metric name, e.g. "eval_rewards/accuracies")
 MAX_PROMOTION_REASON_CHARS = 2_000  # why a policy was promoted or rolled back (API input)
+DEFAULT_EVAL_PROMPTS = 64  # eval prompts an evaluation answers, unless asked otherwise (the oldest first)
+MAX_EVAL_PROMPTS = 1_000  # the most one evaluation may be asked to answer

@@ -15,7 +15,7 @@ ROLES = (ANNOTATOR, REVIEWER, ADMIN)
 _VIEW = [
     "view_campaign", "view_guidelineversion", "view_prompt", "view_response", "view_comparison",
     "view_assignment", "view_vote", "view_preference", "view_modelversion",
-    "view_trainingrun", "view_trainingmetric", "view_retrainpolicy", "view_policypromotion",
+    "view_trainingrun", "view_trainingmetric", "view_retrainpolicy", "view_policypromotion", "view_evaluation",
 ]
 ROLE_PERMISSIONS = {
     ANNOTATOR: {"annotation": ["annotate"]},

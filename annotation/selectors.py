@@ -16,7 +16,9 @@ from annotation.models import (
     Assignment,
     Campaign,
     Comparison,
+    Evaluation,
     GuidelineVersion,
+    ModelVersion,
     Preference,
     Prompt,
     RetrainPolicy,
@@ -245,3 +247,34 @@ def retrain_policy_check(*, policy: RetrainPolicy, now: datetime | None = None) 
     if n < policy.every_n_preferences:
         return RetrainCheck(False, f"{n} new preference(s) {since}, {policy.every_n_preferences} needed", n)
     return RetrainCheck(True, f"{n} new preference(s) {since}", n)
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def campaign_reward_model(*, campaign: Campaign) -> ModelVersion | None:
+    """The output of the campaign's latest successful reward run (the evaluations' judge)."""
+    return (ModelVersion.objects.filter(kind=ModelVersion.Kind.REWARD, training_run__campaign=campaign,
+                                        training_run__status=TrainingRun.Status.SUCCEEDED)
+            .order_by("-training_run__finished_at", "-pk").first())
+
+
+def model_version_root(*, version: ModelVersion) -> ModelVersion:
+    """The version's root ancestor: the registered base model it was trained from, through its parents."""
+    seen = {version.pk}
+    while version.parent_id is not None and version.parent_id not in seen:
+        seen.add(version.parent_id)
+        version = ModelVersion.objects.get(pk=version.parent_id)
+    return version
+
+
+def eval_prompts(*, campaign: Campaign, n: int) -> list[Prompt]:
+    """The campaign's first ``n`` eval-split prompts, oldest first: the same set for every evaluation."""
+    return list(campaign.prompts.filter(split=Prompt.Split.EVAL).order_by("pk")[:n])
+
+
+def evaluations_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[Evaluation]:
+    """Evaluations of the campaigns the user sees, newest first."""
+    qs = Evaluation.objects.select_related("campaign", "candidate", "baseline", "reference", "reward_model", "created_by")
+    qs = qs.filter(campaign=campaign) if campaign is not None else qs.filter(campaign__in=campaigns_for_user(user=user))
+    return qs.order_by("-created_at", "-pk")

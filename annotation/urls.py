@@ -1,6 +1,6 @@
-from django.urls import path
+from django.urls import include, path
 
-from annotation import api, api_runs, views
+from annotation import api, api_evaluations, api_runs, views
 
 api_urls = [
     path("campaigns/", api.CampaignListApi.as_view(), name="api-campaigns"),
@@ -17,9 +17,12 @@ api_urls = [
     path("training-runs/", api_runs.TrainingRunListApi.as_view(), name="api-training-runs"),
     path("training-runs/<int:run_id>/", api_runs.TrainingRunDetailApi.as_view(), name="api-training-run"),
     path("training-runs/<int:run_id>/cancel/", api_runs.TrainingRunCancelApi.as_view(), name="api-training-run-cancel"),
+    path("evaluations/", api_evaluations.EvaluationListApi.as_view(), name="api-evaluations"),
+    path("evaluations/<int:evaluation_id>/", api_evaluations.EvaluationDetailApi.as_view(), name="api-evaluation"),
 ]
 
 page_urls = [
     path("", views.home, name="home"),
     path("annotate/<slug:slug>/", views.annotate, name="annotate"),
+    path("console/", include("annotation.console.urls")),
 ]

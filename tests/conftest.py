@@ -50,6 +50,17 @@ def api():
     return client_for
 
 
+@pytest.fixture
+def sent(monkeypatch):
+    """Tasks the code under test enqueues by name (annotation.enqueue), captured instead of sent
+    to the broker: [(task name, args)]."""
+    from annotation import enqueue
+
+    calls = []
+    monkeypatch.setattr(enqueue.app, "send_task", lambda name, args=None, **kw: calls.append((name, args)))
+    return calls
+
+
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory) -> str:
     """A local model directory (tiny random Llama, real tokenizer): a fast policy spec."""

@@ -32,8 +32,9 @@ def test_web_modules_load_no_workers_module():
     code = (
         "import sys, django; django.setup(); "
         "before = {m for m in sys.modules if m.split('.')[0] == 'workers'}; "  # the installed app's empty package
-        "import annotation.services, annotation.admin, annotation.api, annotation.api_runs, annotation.views, annotation.demo; "
-        "import webapp.urls, annotation.management.commands.train; "
+        "import annotation.services, annotation.admin, annotation.api, annotation.api_runs, annotation.api_evaluations, annotation.views, annotation.demo; "
+        "import webapp.urls, annotation.management.commands.train, annotation.management.commands.evaluate; "
+        "import annotation.console.views; "
         "import annotation.management.commands.import_preferences, annotation.management.commands.import_prompts; "
         "import annotation.management.commands.export_preferences, annotation.management.commands.seed_demo; "
         "print(sorted({m for m in sys.modules if m.split('.')[0] == 'workers'} - before))"
@@ -45,8 +46,8 @@ def test_web_modules_load_no_workers_module():
 
 
 @pytest.mark.parametrize(
-    "task,queue", [("gpu_train", "gpu"), ("sample_pairs", "gpu"), ("expire_leases", "default"), ("refill_buffers", "default"),
-                   ("retrain_due", "default")]
+    "task,queue", [("gpu_train", "gpu"), ("gpu_evaluate", "gpu"), ("sample_pairs", "gpu"), ("expire_leases", "default"),
+                   ("refill_buffers", "default"), ("retrain_due", "default")]
 )
 def test_tasks_sent_by_name_keep_their_routes(task, queue):
     assert enqueue.app.amqp.router.route({}, f"workers.tasks.{task}", [], {}, None)["queue"].name == queue
@@ -62,13 +63,6 @@ def test_a_task_sent_by_name_reaches_the_gpu_queue_on_redis():
     for m in mine:
         broker.lrem("gpu", 1, m)
     assert len(mine) == 1
-
-
-@pytest.fixture
-def sent(monkeypatch):
-    calls = []
-    monkeypatch.setattr(enqueue.app, "send_task", lambda name, args=None, **kw: calls.append((name, args)))
-    return calls
 
 
 def test_training_run_is_enqueued_by_name_after_commit(campaign, sent, django_capture_on_commit_callbacks):

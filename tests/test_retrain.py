@@ -27,14 +27,6 @@ def add_preferences(campaign, n: int, *, split: str = "train") -> None:
                                   rejected=ResponseFactory(prompt=prompt), source="human")
 
 
-@pytest.fixture
-def no_send(monkeypatch):
-    from annotation import enqueue
-
-    sent = []
-    monkeypatch.setattr(enqueue.app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
-    return sent
-
 
 @pytest.fixture
 def policy(campaign):
@@ -98,18 +90,18 @@ def test_policy_config_is_validated_like_a_runs(campaign):
     RetrainPolicy(campaign=campaign, kind="reward", config={"epochs": 2}).full_clean()
 
 
-def test_beat_schedule_and_task(policy, campaign, no_send, django_capture_on_commit_callbacks):
+def test_beat_schedule_and_task(policy, campaign, sent, django_capture_on_commit_callbacks):
     from workers.tasks import retrain_due
 
     assert settings.CELERY_BEAT_SCHEDULE["retrain-due"] == {"task": "workers.tasks.retrain_due", "schedule": 60.0}
     add_preferences(campaign, 3)
     with django_capture_on_commit_callbacks(execute=True):
         ids = retrain_due()
-    assert ids == [TrainingRun.objects.get().pk] and no_send == [("workers.tasks.gpu_train", ids)]
+    assert ids == [TrainingRun.objects.get().pk] and sent == [("workers.tasks.gpu_train", ids)]
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_concurrent_beats_start_one_run(no_send, monkeypatch):
+def test_two_concurrent_beats_start_one_run(sent, monkeypatch):
     campaign = CampaignFactory()
     RetrainPolicy.objects.create(campaign=campaign, kind="dpo", every_n_preferences=1, min_interval_minutes=0)
     add_preferences(campaign, 2)
@@ -138,7 +130,7 @@ def test_two_concurrent_beats_start_one_run(no_send, monkeypatch):
         t.join(timeout=30)
     run = TrainingRun.objects.get()  # exactly one
     assert sorted(results, key=len) == [[], [run.pk]]
-    assert run.trigger == "periodic" and no_send == [("workers.tasks.gpu_train", [run.pk])]
+    assert run.trigger == "periodic" and sent == [("workers.tasks.gpu_train", [run.pk])]
 
 
 def test_retrain_policy_inline_in_the_campaign_admin(campaign, admin_user):

@@ -11,14 +11,6 @@ from tests.factories import CampaignFactory
 from tests.test_api import assert_error
 
 
-@pytest.fixture
-def sent(monkeypatch):
-    from annotation import enqueue
-
-    calls = []
-    monkeypatch.setattr(enqueue.app, "send_task", lambda name, args=None, **kw: calls.append((name, args)))
-    return calls
-
 
 @pytest.fixture
 def base(db):

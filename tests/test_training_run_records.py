@@ -18,16 +18,6 @@ def base(db):
     return services.model_version_register_base(spec="some/base-model")
 
 
-@pytest.fixture
-def no_send(monkeypatch):
-    """Enqueued tasks are recorded, not sent to the broker."""
-    from annotation import enqueue
-
-    sent = []
-    monkeypatch.setattr(enqueue.app, "send_task", lambda name, args=None, **kw: sent.append((name, args)))
-    return sent
-
-
 def test_the_database_refuses_a_second_queued_or_running_run_of_a_kind(campaign, base):
     def run(status="queued", kind="dpo", campaign=campaign):
         return TrainingRun(campaign=campaign, kind=kind, base_version=base, status=status)
@@ -69,7 +59,7 @@ def test_a_second_active_run_is_a_conflict_naming_the_first(campaign, base, admi
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_concurrent_starts_make_one_run_and_one_conflict(no_send):
+def test_two_concurrent_starts_make_one_run_and_one_conflict(sent):
     campaign = CampaignFactory()
     base = services.model_version_register_base(spec="some/base-model")
     barrier, outcomes = threading.Barrier(2), []
@@ -91,7 +81,7 @@ def test_two_concurrent_starts_make_one_run_and_one_conflict(no_send):
     runs = [o for o in outcomes if isinstance(o, int)]
     conflicts = [o for o in outcomes if isinstance(o, Conflict)]
     assert len(runs) == 1 and len(conflicts) == 1 and conflicts[0].details == {"run_id": runs[0]}
-    assert TrainingRun.objects.count() == 1 and no_send == [("workers.tasks.gpu_train", runs)]
+    assert TrainingRun.objects.count() == 1 and sent == [("workers.tasks.gpu_train", runs)]
 
 
 def test_metrics_are_rows_appended_in_one_insert_and_read_per_step_and_as_series(campaign, base, django_assert_num_queries):

@@ -21,8 +21,8 @@ class TrainConfig:
 
     model: str = "smollm2-135m-instruct"  # HF id, local directory or the embedded default
     lr: float = 5e-6  # peak learning rate (AdamW)
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (biases and norms excluded)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # AdamW (beta1, beta2)
     warmup_ratio: float = 0.1  # fraction of optimiser steps with linear warm-up, then cosine to 0
     epochs: float = 1.0  # passes over the training rows (ignored when max_steps > 0)
     max_steps: int = 0  # optimiser steps; 0: from epochs
@@ -36,11 +36,11 @@ class TrainConfig:
     eval_every: int = 0  # optimiser steps between evaluations; 0: at the end only
     log_every: int = 10  # optimiser steps between metrics callbacks
     save_every: int = 0  # optimiser steps between checkpoints; 0: at the end only
-    seed: int = 0
+    seed: int = 0  # seeds Python / torch RNGs (LoRA init, dropout), the eval split and each epoch's shuffle
     lora_r: int = 0  # LoRA rank; 0 trains all weights
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    lora_alpha: int = 16  # LoRA scale: the update is multiplied by alpha / r
+    lora_dropout: float = 0.0  # dropout on the LoRA branch's input
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # the modules LoRA adapts
     device: str = "auto"  # cuda when present, else cpu
     dtype: str = "auto"  # bf16 on CUDA, fp32 on CPU
     logit_chunk: int = 256  # response positions per LM-head chunk (at most (chunk, V) logits alive)

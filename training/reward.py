@@ -16,11 +16,11 @@ import torch
 
 from training import losses
 from training.config import RewardConfig  # torch-free, beside every recipe's config: see there
-from training.data import PreferenceExample, Report, manifest, tokenize_preferences
+from training.data import PreferenceExample, Report, manifest, prompt_tokens, response_tokens, tokenize_preferences
 from training.formats import PreferenceRecord
 from training.loop import Result, prepare_rows, train_loop
-from training.models import load_model, unwrap
-from training.packing import Packed, hidden_states, pack_pairs
+from training.models import load_model, load_tokenizer, model_path, resolve_device, resolve_dtype, unwrap
+from training.packing import Packed, hidden_states, pack, pack_pairs, use_packed_attention
 from training.seeds import seed_everything
 
 
@@ -33,6 +33,34 @@ def sequence_rewards(model, packed: Packed) -> torch.Tensor:
 def pair_rewards(model, examples: list[PreferenceExample], device) -> tuple[torch.Tensor, torch.Tensor]:
     r = sequence_rewards(model, pack_pairs([(e.prompt_ids, e.chosen_ids, e.rejected_ids) for e in examples]).to(device))
     return r[: len(examples)], r[len(examples):]
+
+
+def load_reward_model(spec: str, device: str = "auto", dtype: str | torch.dtype = "auto"):
+    """(model, tokenizer) of a trained reward model directory, in eval mode, with the packed
+    attention ``sequence_rewards`` reads through (the model is this caller's own)."""
+    from transformers import AutoModelForSequenceClassification
+
+    dev = resolve_device(device)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path(spec), num_labels=1, dtype=resolve_dtype(dtype, dev))
+    model.to(dev).eval()
+    use_packed_attention(model)
+    return model, load_tokenizer(spec)
+
+
+@torch.no_grad()
+def score(model, tokenizer, items: list[tuple[list[dict], str]], *, batch_size: int = 16) -> list[float]:
+    """The reward of each (prompt messages, response text), tokenised as in training (chat
+    template, the response ending with one EOS) and read at its last token, ``batch_size``
+    sequences per packed forward."""
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for a in range(0, len(items), batch_size):
+        seqs = []
+        for messages, text in items[a:a + batch_size]:
+            p = prompt_tokens(tokenizer, messages)
+            seqs.append((p, response_tokens(tokenizer, messages, p, text)))
+        out.extend(sequence_rewards(model, pack(seqs).to(device)).tolist())
+    return out
 
 
 def pair_stats(r_w: torch.Tensor, r_l: torch.Tensor) -> dict:

@@ -79,3 +79,12 @@ def gpu_train(run_id: int) -> str:
     from workers.training_jobs import run_training
 
     return run_training(run_id=run_id)
+
+
+@shared_task(name="workers.tasks.gpu_evaluate", ignore_result=False, acks_late=True, soft_time_limit=2 * 60 * 60,
+             time_limit=2 * 60 * 60 + 120)
+def gpu_evaluate(evaluation_id: int) -> str:
+    """Run a queued Evaluation (gpu queue): sample, judge, store, then the campaign's gate."""
+    from workers.evaluation import run_evaluation
+
+    return run_evaluation(evaluation_id=evaluation_id)

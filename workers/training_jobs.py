@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation import selectors, services
-from annotation.models import TrainingRun
+from annotation.models import Evaluation, ModelVersion, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -99,4 +99,17 @@ def run_training(*, run_id: int) -> str:
         return _finish(run_id, TrainingRun.Status.FAILED,
                        error=f"trained into {out} but could not register it: {type(exc).__name__}: {exc}")
     logger.info("training run %s succeeded: %s", run_id, version)
+    if version is not None and version.kind == ModelVersion.Kind.POLICY and run.campaign is not None:
+        _evaluate(run.campaign, version)
     return TrainingRun.Status.SUCCEEDED
+
+
+def _evaluate(campaign, version) -> None:
+    """Queue the new policy's evaluation (gpu queue, after the commit); a refusal is logged,
+    never a failure of the run that succeeded."""
+    try:
+        evaluation = services.evaluation_create(campaign=campaign, candidate=version, trigger=Evaluation.Trigger.RUN)
+    except Exception:
+        logger.exception("could not queue the evaluation of %s", version)
+        return
+    logger.info("evaluation %s of %s queued", evaluation.pk, version)

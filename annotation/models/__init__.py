@@ -3,6 +3,7 @@
 models' constraints; logic lives in services."""
 
 from annotation.models.campaigns import Campaign, Choice, GuidelineVersion, Prompt, Strength, validate_sampling_params
+from annotation.models.evaluations import Evaluation
 from annotation.models.items import Assignment, Comparison, Preference, Response, Vote
 from annotation.models.policies import PolicyPromotion, RetrainPolicy
 from annotation.models.runs import ModelVersion, TrainingMetric, TrainingRun, validate_run_config
@@ -12,6 +13,7 @@ __all__ = [
     "Campaign",
     "Choice",
     "Comparison",
+    "Evaluation",
     "GuidelineVersion",
     "ModelVersion",
     "PolicyPromotion",

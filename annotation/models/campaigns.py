@@ -54,6 +54,15 @@ class Campaign(models.Model):
     # Set when a buffer refill is enqueued, cleared when it ends: one refill in flight per campaign.
     refill_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
     judge_settings = models.JSONField(default=dict, blank=True)
+    # The promotion gate, applied to each evaluation of a new version (annotation.services.evaluations).
+    gate_min_win_rate = models.FloatField(
+        null=True, blank=True,
+        help_text="Promote an evaluated version automatically when its win rate over the active policy is at least this "
+        "(ties count half). Empty: no automatic promotion, an admin decides.",
+    )
+    gate_max_kl = models.FloatField(
+        null=True, blank=True, help_text="...and its KL to the original model is at most this (nats). Empty: no limit.",
+    )
     # The retrain policy is its own row (RetrainPolicy, campaign.retrain_policy); promotions: campaign.promotions.
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -62,6 +71,9 @@ class Campaign(models.Model):
             models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_votes_per_pair_gte_1"),
             models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="campaign_gold_rate_0_1"),
             models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="campaign_lease_minutes_gte_1"),
+            models.CheckConstraint(condition=Q(gate_min_win_rate__isnull=True) | Q(gate_min_win_rate__gte=0),
+                                   name="campaign_gate_min_win_rate_gte_0"),
+            models.CheckConstraint(condition=Q(gate_max_kl__isnull=True) | Q(gate_max_kl__gte=0), name="campaign_gate_max_kl_gte_0"),
         ]
 
     def __str__(self):

@@ -10,6 +10,13 @@ from annotation.services.campaigns import (
     prompt_get_or_create,
     response_get_or_create_text,
 )
+from annotation.services.evaluations import (
+    evaluation_create,
+    evaluation_fail,
+    evaluation_finish,
+    evaluation_start,
+    gate_check,
+)
 from annotation.services.imports import preferences_import, prompts_import
 from annotation.services.sampling import (
     SampledText,
@@ -47,6 +54,11 @@ __all__ = [
     "campaign_refill_release",
     "comparison_create",
     "comparisons_create_sampled",
+    "evaluation_create",
+    "evaluation_fail",
+    "evaluation_finish",
+    "evaluation_start",
+    "gate_check",
     "guideline_publish",
     "model_version_register_base",
     "preferences_import",

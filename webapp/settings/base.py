@@ -156,6 +156,11 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TrainingRunKindEnum": "annotation.models.TrainingRun.Kind",
         "RecipeKindEnum": "annotation.api_runs.RECIPE_KINDS",
+        # Runs and evaluations both have a status and a trigger, each its own set.
+        "TrainingRunStatusEnum": "annotation.models.TrainingRun.Status",
+        "TrainingRunTriggerEnum": "annotation.models.TrainingRun.Trigger",
+        "EvaluationStatusEnum": "annotation.models.Evaluation.Status",
+        "EvaluationTriggerEnum": "annotation.models.Evaluation.Trigger",
     },
 }
 

@@ -1,0 +1,17 @@
+from django.urls import path
+
+from annotation.console import views
+
+urlpatterns = [
+    path("", views.campaigns, name="console"),
+    path("runs/compare/", views.compare, name="console-compare"),
+    path("runs/<int:run_id>/", views.run, name="console-run"),
+    path("runs/<int:run_id>/status/", views.run_status, name="console-run-status"),
+    path("runs/<int:run_id>/series.json", views.run_series, name="console-run-series"),
+    path("runs/<int:run_id>/cancel/", views.run_cancel, name="console-run-cancel"),
+    path("<slug:slug>/", views.campaign, name="console-campaign"),
+    path("<slug:slug>/run-form/", views.run_form, name="console-run-form"),
+    path("<slug:slug>/runs/", views.run_start, name="console-run-start"),
+    path("<slug:slug>/promote/", views.promote, name="console-promote"),
+    path("<slug:slug>/rollback/", views.rollback, name="console-rollback"),
+]
