@@ -2,7 +2,7 @@
 Thin views over ``services.evaluation_create``; permissions as the training API (reading
 needs ``annotation.view_trainingrun``, starting one ``annotation.manage_training``). An
 evaluation that passes the campaign's gate promotes its candidate itself; otherwise an admin
-promotes through ``POST /api/campaigns/{slug}/promote/``."""
+promotes on the console's evaluation page or through ``POST /api/campaigns/{slug}/promote/``."""
 
 from __future__ import annotations
 

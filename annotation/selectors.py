@@ -19,6 +19,7 @@ from annotation.models import (
     Evaluation,
     GuidelineVersion,
     ModelVersion,
+    PolicyPromotion,
     Preference,
     Prompt,
     RetrainPolicy,
@@ -247,6 +248,20 @@ def retrain_policy_check(*, policy: RetrainPolicy, now: datetime | None = None) 
     if n < policy.every_n_preferences:
         return RetrainCheck(False, f"{n} new preference(s) {since}, {policy.every_n_preferences} needed", n)
     return RetrainCheck(True, f"{n} new preference(s) {since}", n)
+
+
+def campaign_promotion_to_undo(*, campaign: Campaign) -> PolicyPromotion | None:
+    """The latest promotion not rolled back yet: roll-backs undo promotions newest first, so
+    promote v1, promote v2, roll back (to v1), roll back (to the policy before v1)."""
+    pending = 0
+    for record in campaign.promotions.order_by("-created_at", "-pk"):
+        if record.action == PolicyPromotion.Action.ROLLBACK:
+            pending += 1
+        elif pending:
+            pending -= 1
+        else:
+            return record
+    return None
 
 
 # ---------------------------------------------------------------- evaluations

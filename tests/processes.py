@@ -19,14 +19,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, *, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+def wait_for(predicate, *, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None,
+             poll: float = 0.25):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         if proc is not None and proc.poll() is not None:
             break
-        time.sleep(0.25)
+        time.sleep(poll)
     tail = log.read_text()[-3000:] if log and log.exists() else ""
     raise AssertionError(f"timed out waiting for {what}\n{tail}")
 

@@ -34,8 +34,10 @@ def _finish(run_id: int, status: str, **fields) -> str:
     return status
 
 
-def run_training(*, run_id: int) -> str:
-    """Train run ``run_id``; returns its final status."""
+def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str:
+    """Train run ``run_id``; returns its final status. A policy that succeeds is queued for
+    evaluation unless ``evaluate=False`` (``simulate_loop`` evaluates under its own rule);
+    ``on_progress(step, total)`` is called at every step (a caller's progress bar)."""
     from training.config import config_from
     from training.data import manifest
     from training.models import resolve_device
@@ -75,6 +77,8 @@ def run_training(*, run_id: int) -> str:
             seen["written"], seen["at"] = seen["now"], time.monotonic()
 
     def progress(step: int, total: int) -> None:
+        if on_progress is not None:
+            on_progress(step, total)
         seen["now"] = (step, total)
         if step == total or time.monotonic() - seen["at"] >= PROGRESS_EVERY_SECONDS:
             write_progress()
@@ -99,7 +103,7 @@ def run_training(*, run_id: int) -> str:
         return _finish(run_id, TrainingRun.Status.FAILED,
                        error=f"trained into {out} but could not register it: {type(exc).__name__}: {exc}")
     logger.info("training run %s succeeded: %s", run_id, version)
-    if version is not None and version.kind == ModelVersion.Kind.POLICY and run.campaign is not None:
+    if evaluate and version is not None and version.kind == ModelVersion.Kind.POLICY and run.campaign is not None:
         _evaluate(run.campaign, version)
     return TrainingRun.Status.SUCCEEDED
 

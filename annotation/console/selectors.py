@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from annotation import selectors
 from annotation.console.config_form import show
-from annotation.models import Campaign, Comparison, ModelVersion, PolicyPromotion, Preference, Prompt, TrainingRun, Vote
+from annotation.models import Campaign, Comparison, Evaluation, ModelVersion, PolicyPromotion, Preference, Prompt, TrainingRun, Vote
 from training.recipes import RECIPES
 
 CONSOLE_PERMS = ("annotation.manage_training", "annotation.view_trainingrun")
@@ -159,9 +159,67 @@ def training_runs_config_diff(*, a: TrainingRun, b: TrainingRun) -> list[ConfigR
 def training_run_summary(*, run: TrainingRun) -> dict:
     """What the run page's live block shows (also as JSON while it polls)."""
     outputs = list(run.outputs.all())
+    output = outputs[0] if outputs else None
     return {
         "id": run.pk, "status": run.status, "active": run.status in TrainingRun.ACTIVE,
         "step": run.step, "total_steps": run.total_steps, "eta_seconds": selectors.training_run_eta_seconds(run=run),
-        "output": outputs[0] if outputs else None,
+        "output": output,
+        "evaluation": model_version_evaluation(version=output, campaign=run.campaign) if output else None,
     }
 
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+def _pct(x: float | None) -> str | None:
+    """A share in [0, 1] as a CSS percentage (always a dot, whatever the locale)."""
+    return None if x is None else f"{min(max(x, 0.0), 1.0) * 100:.1f}"
+
+
+def _prompt_text(messages) -> str:
+    if not isinstance(messages, list):
+        return str(messages)
+    return "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in messages)
+
+
+def evaluation_page(*, evaluation: Evaluation) -> dict:
+    """What an evaluation's page shows beyond the record: the win-rate bar (interval, point,
+    the gate's minimum), the KL against the gate's maximum, whether the candidate is active,
+    whether an admin may still promote it (the gate left it to them) or roll its promotion back
+    (it is the promotion a roll-back would undo), its promotions, the example pairs."""
+    campaign = evaluation.campaign
+    gate_min, gate_max_kl = campaign.gate_min_win_rate, campaign.gate_max_kl
+    active = campaign.policy_id == evaluation.candidate_id
+    undo = selectors.campaign_promotion_to_undo(campaign=campaign) if active else None
+    bar = None
+    if evaluation.win_rate is not None:
+        low = evaluation.win_low if evaluation.win_low is not None else evaluation.win_rate
+        high = evaluation.win_high if evaluation.win_high is not None else evaluation.win_rate
+        bar = {"point": _pct(evaluation.win_rate), "low": _pct(low), "width": f"{max(min(high, 1) - max(low, 0), 0) * 100:.1f}",
+               "gate": _pct(gate_min)}
+    examples = [
+        {"prompt": _prompt_text(e.get("prompt")), "new": e.get("new", ""), "active": e.get("active", ""),
+         "reward_new": e.get("reward_new"), "reward_active": e.get("reward_active"), "outcome": e.get("outcome", "")}
+        for e in (evaluation.examples or []) if isinstance(e, dict)
+    ]
+    return {
+        "bar": bar,
+        "gate_min": gate_min,
+        "gate_max_kl": gate_max_kl,
+        "kl_within": None if gate_max_kl is None or evaluation.kl is None else evaluation.kl <= gate_max_kl,
+        "candidate_active": active,
+        "decidable": (evaluation.status == Evaluation.Status.SUCCEEDED and not active
+                      and evaluation.decision in (Evaluation.Decision.HELD, Evaluation.Decision.NO_GATE)),
+        "undoable": undo is not None and undo.to_version_id == evaluation.candidate_id,
+        "promotions": list(campaign.promotions.filter(to_version=evaluation.candidate, action=PolicyPromotion.Action.PROMOTE)
+                           .select_related("by").order_by("-created_at", "-pk")),
+        "examples": examples,
+    }
+
+
+def model_version_evaluation(*, version: ModelVersion | None, campaign: Campaign | None) -> Evaluation | None:
+    """The latest evaluation of ``version`` in ``campaign`` (a run page links to it)."""
+    if version is None or campaign is None:
+        return None
+    return Evaluation.objects.filter(campaign=campaign, candidate=version).order_by("-created_at", "-pk").first()

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.console import views
+from annotation.console import evaluation_views, views
 
 urlpatterns = [
     path("", views.campaigns, name="console"),
@@ -9,9 +9,13 @@ urlpatterns = [
     path("runs/<int:run_id>/status/", views.run_status, name="console-run-status"),
     path("runs/<int:run_id>/series.json", views.run_series, name="console-run-series"),
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="console-run-cancel"),
+    path("evaluations/<int:evaluation_id>/", evaluation_views.evaluation, name="console-evaluation"),
+    path("evaluations/<int:evaluation_id>/promote/", evaluation_views.evaluation_promote, name="console-evaluation-promote"),
+    path("evaluations/<int:evaluation_id>/rollback/", evaluation_views.evaluation_rollback, name="console-evaluation-rollback"),
     path("<slug:slug>/", views.campaign, name="console-campaign"),
     path("<slug:slug>/run-form/", views.run_form, name="console-run-form"),
     path("<slug:slug>/runs/", views.run_start, name="console-run-start"),
     path("<slug:slug>/promote/", views.promote, name="console-promote"),
     path("<slug:slug>/rollback/", views.rollback, name="console-rollback"),
+    path("<slug:slug>/evaluations/", evaluation_views.evaluation_start, name="console-evaluation-start"),
 ]

@@ -1,7 +1,8 @@
 """The admins' console: campaigns, a campaign's overview (progress, policy lineage, buffer,
 retraining, promotions, runs, start a run), a run's page with live curves, two runs side by
 side. Thin views: reads through selectors, writes through the services (trigger "console").
-Reviewers (``view_trainingrun``) read; writing needs ``manage_training``."""
+Reviewers (``view_trainingrun``) read; writing needs ``manage_training``. Evaluations:
+``evaluation_views``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from training.recipes import RECIPES
 
 MANAGE = "annotation.manage_training"
 DEFAULT_KIND = "dpo"
+MAX_EVALUATIONS_LISTED = 20  # on the campaign page, newest first
 POLL_SECONDS = 2  # the run page refreshes its status and curves this often while the run is active
 
 
@@ -91,6 +93,7 @@ def _overview(request, campaign, *, form: dict | None = None, status: int = 200)
         "versions": versions,
         "promotable": [v for v in versions if v.pk != campaign.policy_id],
         "runs": selectors.training_runs_visible_to(user=request.user, campaign=campaign)[:50],
+        "evaluations": selectors.evaluations_visible_to(user=request.user, campaign=campaign)[:MAX_EVALUATIONS_LISTED],
         "can_manage": request.user.has_perm(MANAGE),
         "form": form or _start_form(campaign),
         "reason_max": MAX_PROMOTION_REASON_CHARS,

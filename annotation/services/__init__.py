@@ -14,6 +14,7 @@ from annotation.services.evaluations import (
     evaluation_create,
     evaluation_fail,
     evaluation_finish,
+    evaluation_promote,
     evaluation_start,
     gate_check,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "evaluation_create",
     "evaluation_fail",
     "evaluation_finish",
+    "evaluation_promote",
     "evaluation_start",
     "gate_check",
     "guideline_publish",

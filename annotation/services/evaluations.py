@@ -12,8 +12,8 @@ from django.utils import timezone
 
 from annotation import enqueue
 from annotation.errors import Conflict, InvalidInput, NotFound
-from annotation.limits import DEFAULT_EVAL_PROMPTS, MAX_EVAL_PROMPTS, MAX_RUN_ERROR_CHARS
-from annotation.models import Campaign, Evaluation, ModelVersion
+from annotation.limits import DEFAULT_EVAL_PROMPTS, MAX_EVAL_PROMPTS, MAX_PROMOTION_REASON_CHARS, MAX_RUN_ERROR_CHARS
+from annotation.models import Campaign, Evaluation, ModelVersion, PolicyPromotion
 from annotation.services.promotions import campaign_policy_promote
 from annotation.services.sampling import campaign_policy_ensure
 from training.seeds import SEED_BITS
@@ -140,3 +140,24 @@ def evaluation_finish(*, evaluation_id: int, figures: dict, reference: ModelVers
         evaluation.decision, evaluation.decision_reason = decision, reason
         evaluation.save()
     return evaluation
+
+
+def _figures(evaluation: Evaluation) -> str:
+    def f(x):
+        return "n/a" if x is None else f"{x:.3g}"
+
+    return f"win rate {f(evaluation.win_rate)} [{f(evaluation.win_low)}, {f(evaluation.win_high)}], KL {f(evaluation.kl)}"
+
+
+def evaluation_promote(*, evaluation: Evaluation, user: AbstractBaseUser | None, note: str = "") -> PolicyPromotion:
+    """An admin's decision on an evaluation the gate left to them (``held`` or ``no_gate``):
+    make its candidate the campaign's active policy, recorded with who and a reason naming the
+    evaluation and its figures. Anything else (not finished, already promoted by the gate,
+    the candidate active already) is a Conflict."""
+    if evaluation.status != Evaluation.Status.SUCCEEDED:
+        raise Conflict(f"Evaluation {evaluation.pk} is {evaluation.status}: only a finished evaluation can promote.")
+    if evaluation.decision not in (Evaluation.Decision.HELD, Evaluation.Decision.NO_GATE):
+        raise Conflict(f"Evaluation {evaluation.pk} was decided by the gate ({evaluation.decision}): there is nothing to decide.")
+    reason = f"evaluation {evaluation.pk}: {note.strip() or 'promoted from the evaluation page'} ({_figures(evaluation)})"
+    return campaign_policy_promote(campaign=evaluation.campaign, version=evaluation.candidate, user=user,
+                                   reason=reason[:MAX_PROMOTION_REASON_CHARS])

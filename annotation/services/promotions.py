@@ -9,6 +9,7 @@ from django.db import transaction
 
 from annotation.errors import Conflict, InvalidInput
 from annotation.models import Campaign, ModelVersion, PolicyPromotion
+from annotation.selectors import campaign_promotion_to_undo
 
 
 def _by(user: AbstractBaseUser | None):
@@ -35,28 +36,21 @@ def campaign_policy_promote(
     return promotion
 
 
-def _promotion_to_undo(campaign: Campaign) -> PolicyPromotion | None:
-    """The latest promotion not rolled back yet: roll-backs undo promotions newest first, so
-    promote v1, promote v2, roll back (to v1), roll back (to the policy before v1)."""
-    pending = 0
-    for record in campaign.promotions.order_by("-created_at", "-pk"):
-        if record.action == PolicyPromotion.Action.ROLLBACK:
-            pending += 1
-        elif pending:
-            pending -= 1
-        else:
-            return record
-    return None
-
-
-def campaign_policy_rollback(*, campaign: Campaign, user: AbstractBaseUser | None, reason: str = "") -> PolicyPromotion:
+def campaign_policy_rollback(
+    *, campaign: Campaign, user: AbstractBaseUser | None, reason: str = "", undoing: ModelVersion | None = None
+) -> PolicyPromotion:
     """Back to the policy the latest promotion replaced (none: the default policy, registered
-    again on the next refill), under the campaign's row lock."""
+    again on the next refill), under the campaign's row lock. ``undoing``: roll back only when
+    the promotion undone is the one to that version (a page shown before another promotion
+    must not undo that other one); otherwise a Conflict."""
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
-        undone = _promotion_to_undo(locked)
+        undone = campaign_promotion_to_undo(campaign=locked)
         if undone is None:
             raise Conflict(f"Campaign '{locked.slug}' has no promotion to roll back.")
+        if undoing is not None and (undone.to_version_id != undoing.pk or locked.policy_id != undoing.pk):
+            raise Conflict(f"'{undoing.name}' is no longer the promotion a roll-back undoes in '{locked.slug}' "
+                           "(the active policy changed): nothing was rolled back.")
         promotion = PolicyPromotion.objects.create(
             campaign=locked, from_version_id=locked.policy_id, to_version_id=undone.from_version_id,
             action=PolicyPromotion.Action.ROLLBACK, by=_by(user), reason=reason,

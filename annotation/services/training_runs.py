@@ -25,12 +25,14 @@ def training_run_create(
     base_version: ModelVersion | None = None,
     created_by: AbstractBaseUser | None = None,
     trigger: str = TrainingRun.Trigger.SHELL,
+    dispatch: bool = True,
 ) -> TrainingRun:
     """Queue a training run on the campaign's preferences, from ``base_version`` (default: the
     campaign's active policy). Kind and config are checked here against the trainer's config
     dataclass (torch-free), so a typo is refused before anything is queued. A campaign has at
     most one queued or running run per kind (a database constraint): a second is a Conflict
-    naming the first."""
+    naming the first. ``dispatch=False``: nothing is queued, the caller trains it in its own
+    process (``simulate_loop``), so no gpu worker picks it up as well."""
     if trigger not in TrainingRun.Trigger.values:
         raise InvalidInput(f"Unknown trigger {trigger!r}; known: {', '.join(TrainingRun.Trigger.values)}.", details={"field": "trigger"})
     config = {} if config is None else config
@@ -56,7 +58,8 @@ def training_run_create(
                 "cancel it or wait for it to end.",
                 details={"run_id": active},
             ) from None
-        transaction.on_commit(lambda: enqueue.gpu_train(run.pk))
+        if dispatch:
+            transaction.on_commit(lambda: enqueue.gpu_train(run.pk))
     return run
 
 
