@@ -83,6 +83,12 @@ class CampaignAdmin(admin.ModelAdmin):
     inlines = [GuidelineInline, RetrainPolicyInline]
     actions = ["export_preferences", "sample_pairs_now"]
 
+    def get_readonly_fields(self, request, obj=None):
+        # The active policy changes only by promotion or roll-back (console or API), which
+        # records who, when and why; an edit here would bypass that record and confuse the next
+        # roll-back. A new campaign may start from any policy.
+        return ("policy",) if obj is not None else ()
+
     @admin.action(description="Sample a buffer's worth of pairs now (gpu worker)", permissions=["change"])
     def sample_pairs_now(self, request, queryset):
         for campaign in queryset:

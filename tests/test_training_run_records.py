@@ -9,7 +9,7 @@ from django.db import IntegrityError, connections, transaction
 
 from annotation import selectors, services
 from annotation.errors import Conflict, InvalidInput, NotFound
-from annotation.models import TrainingMetric, TrainingRun
+from annotation.models import ModelVersion, TrainingMetric, TrainingRun
 from tests.factories import CampaignFactory, UserFactory
 
 
@@ -136,3 +136,29 @@ def test_anonymous_or_missing_creator_is_stored_as_none(campaign, base):
     user = UserFactory()
     services.training_run_cancel(run_id=run.pk)
     assert services.training_run_create(campaign=campaign, kind="dpo", base_version=base, created_by=user).created_by == user
+
+
+def test_a_run_starts_only_from_a_policy_version(campaign):
+    reward = ModelVersion.objects.create(name="rm-1", base="some/base-model", kind=ModelVersion.Kind.REWARD)
+    with pytest.raises(InvalidInput, match="'rm-1' is a reward model; a run starts from a policy version"):
+        services.training_run_create(campaign=campaign, kind="dpo", base_version=reward)
+    assert not TrainingRun.objects.exists()
+
+
+def test_redis_redelivers_only_after_the_longest_task(settings):
+    # Late acks + Redis: a task still running past visibility_timeout would go to a second worker.
+    assert settings.CELERY_BROKER_URL.startswith("redis://")
+    assert settings.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] > settings.CELERY_TASK_TIME_LIMIT
+
+
+@pytest.mark.django_db(transaction=True)
+def test_existing_role_groups_get_new_permissions_on_migrate():
+    from django.contrib.auth.models import Group
+    from django.core.management import call_command
+
+    from annotation import roles
+
+    admin = roles.roles_ensure()[roles.ADMIN]
+    admin.permissions.clear()  # a group created before manage_training existed
+    call_command("migrate", verbosity=0)
+    assert admin.permissions.filter(codename="manage_training").exists()

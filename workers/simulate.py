@@ -158,7 +158,11 @@ def simulate_rounds(*, campaign_id: int, rounds: int, pairs: int, rule: Rule, no
                 bar.total = total
                 bar.update(done - bar.n)
 
-        status = run_training(run_id=run.pk, evaluate=False, on_progress=step)
+        try:
+            status = run_training(run_id=run.pk, evaluate=False, on_progress=step)
+        except BaseException:  # Ctrl-C mid-training: leave no run RUNNING to block the next (409)
+            services.training_run_cancel(run_id=run.pk)
+            raise
         if bar is not None:
             bar.close()
         run.refresh_from_db()

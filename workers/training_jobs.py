@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation import selectors, services
-from annotation.models import Evaluation, ModelVersion, TrainingRun
+from annotation.models import Campaign, Evaluation, ModelVersion, TrainingRun
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +102,12 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
         logger.exception("training run %s: could not register its output", run_id)
         return _finish(run_id, TrainingRun.Status.FAILED,
                        error=f"trained into {out} but could not register it: {type(exc).__name__}: {exc}")
+    if version is None:  # cancelled after its last step: the cancel stands, nothing registered
+        return TrainingRun.objects.get(pk=run_id).status
     logger.info("training run %s succeeded: %s", run_id, version)
-    if evaluate and version is not None and version.kind == ModelVersion.Kind.POLICY and run.campaign is not None:
-        _evaluate(run.campaign, version)
+    if evaluate and version.kind == ModelVersion.Kind.POLICY and run.campaign_id is not None:
+        # Re-read: the campaign's active policy (the baseline) may have changed during training.
+        _evaluate(Campaign.objects.get(pk=run.campaign_id), version)
     return TrainingRun.Status.SUCCEEDED
 
 

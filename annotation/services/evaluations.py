@@ -87,6 +87,8 @@ def evaluation_fail(*, evaluation_id: int, error: str) -> Evaluation:
         evaluation = Evaluation.objects.select_for_update().filter(pk=evaluation_id).first()
         if evaluation is None:
             raise NotFound(f"No evaluation {evaluation_id}.")
+        if evaluation.status not in Evaluation.ACTIVE:
+            return evaluation  # a second delivery of the task: the first one's outcome stands
         evaluation.status, evaluation.error, evaluation.finished_at = Evaluation.Status.FAILED, error[:MAX_RUN_ERROR_CHARS], timezone.now()
         evaluation.save(update_fields=["status", "error", "finished_at"])
     return evaluation
@@ -122,6 +124,8 @@ def evaluation_finish(*, evaluation_id: int, figures: dict, reference: ModelVers
     policy is no longer the baseline: the comparison is stale."""
     with transaction.atomic():
         evaluation = Evaluation.objects.select_for_update().select_related("candidate").get(pk=evaluation_id)
+        if evaluation.status not in Evaluation.ACTIVE:
+            return evaluation  # a second delivery of the task: the first one's outcome (and gate) stands
         campaign = Campaign.objects.select_for_update().get(pk=evaluation.campaign_id)
         for name in FIGURES:
             setattr(evaluation, name, _number(figures.get(name)) if name not in ("n_prompts", "wins", "ties", "losses")

@@ -44,6 +44,9 @@ def training_run_create(
     user = created_by if created_by is not None and created_by.is_authenticated else None
     with transaction.atomic():
         base = base_version or campaign_policy_ensure(campaign=campaign)
+        if base.kind != ModelVersion.Kind.POLICY:
+            raise InvalidInput(f"'{base.name}' is a {base.kind} model; a run starts from a policy version.",
+                               details={"field": "base_version"})
         try:
             with transaction.atomic():  # a savepoint: a caller's transaction survives the refusal
                 run = TrainingRun.objects.create(

@@ -191,6 +191,19 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 60 * 60 * 6
 CELERY_TASK_SOFT_TIME_LIMIT = 60 * 60 * 6 - 60
+
+
+def redis_transport_options(broker_url: str, options: dict | None = None) -> dict | None:
+    """Redis re-delivers an unacknowledged task after ``visibility_timeout`` (default 1 h); with
+    late acks a training run (up to CELERY_TASK_TIME_LIMIT) would be handed to a second worker
+    while the first still runs it. Longer than the longest task: only a dead worker's task
+    comes back. Settings that change the broker URL call this again."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
+    return options
+
+
+CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL, globals().get("CELERY_BROKER_TRANSPORT_OPTIONS"))
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 # GPU work (sampling, training) goes to the `gpu` queue, served with concurrency 1 per GPU.
 CELERY_TASK_ROUTES = {

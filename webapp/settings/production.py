@@ -1,7 +1,7 @@
 """Production: every secret from the environment, no defaults; passes `manage.py check --deploy`."""
 
 from .base import *  # noqa: F401,F403
-from .base import database_from_url, env
+from .base import database_from_url, env, redis_transport_options
 
 DEBUG = False
 # No default: refuse to start without a real secret key.
@@ -10,6 +10,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
 # No embedded fallback in production: PostgreSQL and the broker must be named.
 DATABASES = {"default": database_from_url(env.str("DATABASE_URL"))}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
+CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL)
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
