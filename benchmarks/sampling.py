@@ -3,8 +3,9 @@
 Same model (the embedded SmolLM2-135M-Instruct, fp32 on CPU here), same prompts (the demo
 campaign's), same settings (temperature 0.7, top-p 0.95, k samples per prompt, max new
 tokens): ours is ``training.sampling.generate`` (all prompts x k in left-padded batches, with
-log-prob sums); the peer is the loop people write first, one ``model.generate`` call per
-sample. Tokens are the generated ones up to and including EOS; a batch keeps stepping until its
+log-prob sums, the fast nucleus sampler and shared prefill); "stock" is the same batched path
+with the stock transformers warpers (``fast=False``, our previous path); the peer is the loop
+people write first, one ``model.generate`` call per sample. Tokens are the generated ones up to and including EOS; a batch keeps stepping until its
 longest member ends, and that idle work counts against us. The two run interleaved in
 ``--repeats`` rounds (``benchmarks/harness.py``: refuses a busy machine); the RESULT is the
 median of the per-round speedups with their min-max, CPU seconds beside wall seconds.
@@ -75,26 +76,30 @@ def main() -> None:
           f"batch_size={args.batch_size}", flush=True)
     generate(model, tokenizer, prompts[:1], k=1, params=SamplingParams(max_new_tokens=2))  # warm-up
 
-    rate = {"ours": [], "peer": []}
-    cpu_per_token = {"ours": [], "peer": []}
-    for run, name in harness.rounds(["ours", "peer"], args.repeats):
+    rate = {"ours": [], "stock": [], "peer": []}
+    cpu_per_token = {"ours": [], "stock": [], "peer": []}
+    for run, name in harness.rounds(["ours", "stock", "peer"], args.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
-        if name == "ours":
-            out = generate(model, tokenizer, prompts, k=args.k, params=params, seed=run)
+        if name in ("ours", "stock"):
+            out = generate(model, tokenizer, prompts, k=args.k, params=params, seed=run, fast=name == "ours")
             n = sum(s.token_count for row in out for s in row)
         else:
             n = one_at_a_time(model, tokenizer, prompts, k=args.k, params=params, seed=run)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         rate[name].append(n / dt)
         cpu_per_token[name].append(cpu / n * 1000)
-        print(f"round {run} {name:>4}: {n} tokens in {dt:.1f} s (CPU {cpu:.1f} s) = {n / dt:.1f} tokens/s", flush=True)
+        print(f"round {run} {name:>5}: {n} tokens in {dt:.1f} s (CPU {cpu:.1f} s) = {n / dt:.1f} tokens/s", flush=True)
     speedups = [o / p for o, p in zip(rate["ours"], rate["peer"])]
-    print(f"tokens/s, median (min-max): batched {harness.fmt_spread(rate['ours'], 1)}, one at a time "
-          f"{harness.fmt_spread(rate['peer'], 1)}; CPU ms/token {harness.fmt_spread(cpu_per_token['ours'], 1)} vs "
+    vs_stock = [o / p for o, p in zip(rate["ours"], rate["stock"])]
+    print(f"tokens/s, median (min-max): batched {harness.fmt_spread(rate['ours'], 1)}, batched stock warpers "
+          f"{harness.fmt_spread(rate['stock'], 1)}, one at a time {harness.fmt_spread(rate['peer'], 1)}; CPU ms/token "
+          f"{harness.fmt_spread(cpu_per_token['ours'], 1)} vs {harness.fmt_spread(cpu_per_token['stock'], 1)} vs "
           f"{harness.fmt_spread(cpu_per_token['peer'], 1)}")
     print(harness.result_line({
         **harness.median_fields("speedup", speedups),
+        **harness.median_fields("speedup_vs_stock", vs_stock),
         "batched_tokens_per_s": harness.spread(rate["ours"])[0],
+        "batched_stock_tokens_per_s": harness.spread(rate["stock"])[0],
         "one_at_a_time_tokens_per_s": harness.spread(rate["peer"])[0],
         "rounds": args.repeats,
     }))

@@ -2,8 +2,11 @@
 
 All prompts x k samples go through ``model.generate`` in batches (left padding, attention
 mask), which is where the speed over one-prompt-at-a-time generation comes from. The
-log-prob sum of a response is taken under the policy's own distribution (raw logits,
-temperature 1, no top-p), over the generated tokens up to and including the first EOS: the
+per-step draw is exact temperature + top-p (``training.nucleus``: the nucleus found on a
+top-k prefilter, the token drawn among the kept only), the same distribution as the stock
+transformers warpers without their full-vocabulary sort and draw; ``fast=False`` keeps the
+stock warpers (for comparison). The log-prob sum of a response is taken under the
+policy's own distribution (raw logits, temperature 1, no top-p), over the generated tokens up to and including the first EOS: the
 quantity DPO / PPO need as the sampling policy's log-likelihood.
 """
 
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from training.data import prompt_tokens
+from training.nucleus import NucleusSampler
 from training.params import SamplingParams
 from training.seeds import mix_seed
 
@@ -40,6 +44,24 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
+def _shared_prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, device):
+    """The KV cache of each distinct prompt but its last token, computed once (left-padded
+    batch of the distinct prompts) and repeated ``counts`` times: the k samples of a prompt
+    share its prefill. ``generate`` then feeds only the last column."""
+    from transformers import DynamicCache
+
+    ids, mask = _left_pad(seqs, pad_id, device)
+    ids, mask = ids[:, :-1], mask[:, :-1]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate derives them from the mask
+    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)  # no LM head
+    prefilled = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    repeats = torch.tensor(counts, device=device)
+    cache = DynamicCache(config=model.config)
+    for i, layer in enumerate(prefilled.layers):
+        cache.update(layer.keys.repeat_interleave(repeats, dim=0), layer.values.repeat_interleave(repeats, dim=0), i)
+    return cache
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -50,8 +72,16 @@ def generate(
     params: SamplingParams | None = None,
     seed: int = 0,
     progress: bool = False,
+    fast: bool = True,
+    _draw: bool = True,
+    _share_prefill: bool = True,
 ) -> list[list[Sample]]:
-    """``k`` samples for each prompt (message lists). Same inputs + seed -> same outputs."""
+    """``k`` samples for each prompt (message lists). Same inputs + seed -> same outputs.
+
+    ``fast=False``: the stock transformers warpers and multinomial draw (same distribution,
+    other tokens for the same seed). ``_draw=False`` (tests): the fast nucleus, the stock draw
+    (token for token the stock path's outputs). ``fast`` also prefills each distinct prompt of
+    a batch once for its k samples (``_share_prefill=False``: not)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     params = params or SamplingParams()
@@ -71,22 +101,29 @@ def generate(
         ids, mask = _left_pad([encoded[p] for p, _ in chunk], pad_id, device)
         batch_seed = mix_seed(seed, b)  # one seed per batch: reproducible for a fixed batch size
         torch.manual_seed(batch_seed)
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=True,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=0,
-            max_new_tokens=params.max_new_tokens,
-            eos_token_id=eos_id,
-            pad_token_id=pad_id,
-            return_dict_in_generate=True,
-            output_logits=True,
+        common = dict(
+            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, eos_token_id=eos_id,
+            pad_token_id=pad_id, return_dict_in_generate=True,
         )
+        sampler = None
+        distinct = [(p, sum(1 for q, _ in chunk if q == p)) for p in dict.fromkeys(q for q, _ in chunk)]
+        if fast and _share_prefill and min(len(encoded[p]) for p, _ in distinct) >= 2:
+            common["cache"] = _shared_prefill(model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], pad_id, device)
+        if not fast:
+            out = model.generate(**common, do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, output_logits=True)
+        else:
+            sampler = NucleusSampler(params.temperature, params.top_p, draw=_draw)
+            # draw=True: the processor draws and leaves one finite score, which greedy decoding takes.
+            stock_draw = {} if _draw else dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, output_logits=True)
+            out = model.generate(**common, logits_processor=[sampler], **stock_draw)
         gen = out.sequences[:, ids.shape[1]:]  # (B, G)
-        logits = torch.stack(out.logits, dim=1).float()  # (B, G, V) raw, before temperature / top-p
-        token_logp = torch.log_softmax(logits, dim=-1).gather(-1, gen.unsqueeze(-1)).squeeze(-1)  # (B, G)
+        if sampler is not None and _draw:
+            token_logp = torch.stack(sampler.logprobs[: gen.shape[1]], dim=1)  # (B, G), recorded as drawn
+        else:  # raw logits, before temperature / top-p: one log-softmax per step, no (B, G, V) stack
+            token_logp = torch.stack([
+                step.float().gather(-1, gen[:, t: t + 1]).squeeze(-1) - torch.logsumexp(step.float(), dim=-1)
+                for t, step in enumerate(out.logits)
+            ], dim=1)
         for row, (p, j) in enumerate(chunk):
             tokens = gen[row].tolist()
             finish = "length"
