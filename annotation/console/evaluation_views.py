@@ -12,10 +12,10 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors, services
 from annotation.console import selectors as console
-from annotation.console.views import MANAGE, POLL_SECONDS, _campaign, _manager, _reason, console_view
-from annotation.errors import ApplicationError, InvalidInput
+from annotation.console.views import MANAGE, POLL_SECONDS, _campaign, _flash, _manager, _reason, _rolled_back, _version_named, console_view
+from annotation.errors import ApplicationError
 from annotation.limits import MAX_PROMOTION_REASON_CHARS
-from annotation.models import Evaluation, ModelVersion
+from annotation.models import Evaluation
 
 
 def _evaluation(request, evaluation_id) -> Evaluation:
@@ -49,11 +49,12 @@ def evaluation_promote(request, evaluation_id: int):
     """The admin's decision when the gate left it to them: one click, recorded with who."""
     _manager(request)
     evaluation = _evaluation(request, evaluation_id)
-    try:
+
+    def promote():
         services.evaluation_promote(evaluation=evaluation, user=request.user, note=_reason(request))
-        messages.success(request, f"'{evaluation.candidate.name}' is now the active policy.")
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
+        return f"'{evaluation.candidate.name}' is now the active policy."
+
+    _flash(request, promote)
     return redirect("console-evaluation", evaluation_id=evaluation.pk)
 
 
@@ -64,13 +65,9 @@ def evaluation_rollback(request, evaluation_id: int):
     _manager(request)
     evaluation = _evaluation(request, evaluation_id)
     note = _reason(request) or "rolled back from the evaluation page"
-    try:
-        record = services.campaign_policy_rollback(campaign=evaluation.campaign, user=request.user, undoing=evaluation.candidate,
-                                                   reason=f"evaluation {evaluation.pk}: {note}"[:MAX_PROMOTION_REASON_CHARS])
-        restored = record.to_version.name if record.to_version else "the default policy"
-        messages.success(request, f"Rolled back: the active policy is {restored}.")
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
+    _flash(request, lambda: _rolled_back(services.campaign_policy_rollback(
+        campaign=evaluation.campaign, user=request.user, undoing=evaluation.candidate,
+        reason=f"evaluation {evaluation.pk}: {note}"[:MAX_PROMOTION_REASON_CHARS])))
     return redirect("console-evaluation", evaluation_id=evaluation.pk)
 
 
@@ -82,9 +79,7 @@ def evaluation_start(request, slug: str):
     campaign = _campaign(request, slug)
     name = request.POST.get("candidate", "")
     try:
-        candidate = ModelVersion.objects.filter(name=name).first()
-        if candidate is None:
-            raise InvalidInput(f"No model version '{name}'.")
+        candidate = _version_named(name)
         evaluation = services.evaluation_create(campaign=campaign, candidate=candidate, created_by=request.user,
                                                 trigger=Evaluation.Trigger.CONSOLE)
     except ApplicationError as exc:

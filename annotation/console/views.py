@@ -147,6 +147,28 @@ def run_start(request, slug: str):
     return redirect("console-run", run_id=run.pk)
 
 
+def _flash(request, action) -> bool:
+    """Run ``action()`` (a service call returning the success message); the message, or the
+    service's refusal, becomes the page's flash message. True when it succeeded."""
+    try:
+        messages.success(request, action())
+        return True
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+        return False
+
+
+def _version_named(name: str) -> ModelVersion:
+    version = ModelVersion.objects.filter(name=name).first()
+    if version is None:
+        raise InvalidInput(f"No model version '{name}'.")
+    return version
+
+
+def _rolled_back(record) -> str:
+    return f"Rolled back: the active policy is {record.to_version.name if record.to_version else 'the default policy'}."
+
+
 def _reason(request) -> str:
     return request.POST.get("reason", "").strip()[:MAX_PROMOTION_REASON_CHARS]
 
@@ -156,14 +178,13 @@ def _reason(request) -> str:
 def promote(request, slug: str):
     _manager(request)
     campaign = _campaign(request, slug)
-    version = ModelVersion.objects.filter(name=request.POST.get("version", "")).first()
-    try:
-        if version is None:
-            raise InvalidInput(f"No model version '{request.POST.get('version', '')}'.")
+
+    def promote_named():
+        version = _version_named(request.POST.get("version", ""))
         services.campaign_policy_promote(campaign=campaign, version=version, user=request.user, reason=_reason(request))
-        messages.success(request, f"'{version.name}' is now the active policy.")
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
+        return f"'{version.name}' is now the active policy."
+
+    _flash(request, promote_named)
     return redirect("console-campaign", slug=campaign.slug)
 
 
@@ -172,12 +193,7 @@ def promote(request, slug: str):
 def rollback(request, slug: str):
     _manager(request)
     campaign = _campaign(request, slug)
-    try:
-        record = services.campaign_policy_rollback(campaign=campaign, user=request.user, reason=_reason(request))
-        restored = record.to_version.name if record.to_version else "the default policy"
-        messages.success(request, f"Rolled back: the active policy is {restored}.")
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
+    _flash(request, lambda: _rolled_back(services.campaign_policy_rollback(campaign=campaign, user=request.user, reason=_reason(request))))
     return redirect("console-campaign", slug=campaign.slug)
 
 
@@ -233,11 +249,12 @@ def run_series(request, run_id: int):
 def run_cancel(request, run_id: int):
     _manager(request)
     run = _run(request, run_id)
-    try:
+
+    def cancel():
         services.training_run_cancel(run_id=run.pk)
-        messages.success(request, f"Run {run.pk} cancelled.")
-    except ApplicationError as exc:
-        messages.error(request, exc.message)
+        return f"Run {run.pk} cancelled."
+
+    _flash(request, cancel)
     return redirect("console-run", run_id=run.pk)
 
 
