@@ -15,9 +15,8 @@ from rest_framework.views import APIView
 from annotation import selectors, services
 from annotation.api import perm
 from annotation.api_runs import VIEW, CampaignScopedListApi, errors
-from annotation.errors import InvalidInput
 from annotation.limits import DEFAULT_EVAL_PROMPTS, MAX_EVAL_PROMPTS
-from annotation.models import Evaluation, ModelVersion
+from annotation.models import Evaluation
 from training.seeds import SEED_BITS
 
 
@@ -91,12 +90,8 @@ class EvaluationListApi(CampaignScopedListApi):
         data = EvaluationIn(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        campaign = selectors.campaigns_for_user(user=request.user).filter(slug=v["campaign"]).first()
-        if campaign is None:
-            raise InvalidInput(f"No campaign '{v['campaign']}'.", details={"field": "campaign"})
-        candidate = ModelVersion.objects.filter(name=v["candidate"]).first()
-        if candidate is None:
-            raise InvalidInput(f"No model version '{v['candidate']}'.", details={"field": "candidate"})
+        campaign = selectors.campaign_named_for(slug=v["campaign"], user=request.user)
+        candidate = selectors.model_version_named(name=v["candidate"], field="candidate")
         evaluation = services.evaluation_create(
             campaign=campaign, candidate=candidate, created_by=request.user, trigger=Evaluation.Trigger.API,
             seed=v["seed"], max_prompts=v["max_prompts"],

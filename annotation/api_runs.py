@@ -14,9 +14,8 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.api import perm
-from annotation.errors import InvalidInput
 from annotation.limits import MAX_PROMOTION_REASON_CHARS
-from annotation.models import Campaign, ModelVersion, PolicyPromotion, TrainingRun
+from annotation.models import Campaign, PolicyPromotion, TrainingRun
 from training.recipes import RECIPES
 
 VIEW, MANAGE = "annotation.view_trainingrun", "annotation.manage_training"
@@ -161,14 +160,8 @@ class TrainingRunListApi(CampaignScopedListApi):
         data = TrainingRunIn(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
-        campaign = selectors.campaigns_for_user(user=request.user).filter(slug=v["campaign"]).first()
-        if campaign is None:
-            raise InvalidInput(f"No campaign '{v['campaign']}'.", details={"field": "campaign"})
-        base = None
-        if v["base_version"]:
-            base = ModelVersion.objects.filter(name=v["base_version"]).first()
-            if base is None:
-                raise InvalidInput(f"No model version '{v['base_version']}'.", details={"field": "base_version"})
+        campaign = selectors.campaign_named_for(slug=v["campaign"], user=request.user)
+        base = selectors.model_version_named(name=v["base_version"], field="base_version") if v["base_version"] else None
         run = services.training_run_create(
             campaign=campaign, kind=v["kind"], config=v["config"], base_version=base,
             created_by=request.user, trigger=TrainingRun.Trigger.API,
@@ -212,9 +205,7 @@ class CampaignPromoteApi(APIView):
         campaign = _campaign(slug, request.user)
         data = PromoteIn(data=request.data)
         data.is_valid(raise_exception=True)
-        version = ModelVersion.objects.filter(name=data.validated_data["version"]).first()
-        if version is None:
-            raise InvalidInput(f"No model version '{data.validated_data['version']}'.", details={"field": "version"})
+        version = selectors.model_version_named(name=data.validated_data["version"])
         promotion = services.campaign_policy_promote(
             campaign=campaign, version=version, user=request.user, reason=data.validated_data["reason"]
         )

@@ -12,6 +12,7 @@ from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, 
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from annotation.errors import InvalidInput
 from annotation.models import (
     Assignment,
     Campaign,
@@ -27,6 +28,22 @@ from annotation.models import (
     Vote,
 )
 from training.formats import FormatError, PreferenceRecord, trl_preference, trl_row
+
+
+def model_version_named(*, name: str, field: str = "version") -> ModelVersion:
+    """The model version called ``name``; an unknown name is bad input for ``field``."""
+    version = ModelVersion.objects.filter(name=name).first()
+    if version is None:
+        raise InvalidInput(f"No model version '{name}'.", details={"field": field})
+    return version
+
+
+def campaign_named_for(*, slug: str, user: AbstractBaseUser) -> Campaign:
+    """A campaign ``user`` can see, named in a request body: an unknown one is bad input."""
+    campaign = campaigns_for_user(user=user).filter(slug=slug).first()
+    if campaign is None:
+        raise InvalidInput(f"No campaign '{slug}'.", details={"field": "campaign"})
+    return campaign
 
 
 def campaign_guideline(*, campaign: Campaign) -> GuidelineVersion | None:

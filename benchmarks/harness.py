@@ -110,16 +110,13 @@ def result_line(fields: dict[str, float | int | str]) -> str:
 
 
 class StepClock:
-    """Wall and process CPU time of each step: call ``tick()`` at the end of every step, after
-    ``start()`` at its beginning (or rely on consecutive ticks)."""
+    """Wall and process CPU time between consecutive ``tick()`` calls (one at the end of every
+    step): the first tick only starts the clock, so step 1 (warm-up) is not counted."""
 
     def __init__(self):
         self.wall: list[float] = []
         self.cpu: list[float] = []
         self._w = self._c = None
-
-    def start(self) -> None:
-        self._w, self._c = time.perf_counter(), time.process_time()
 
     def tick(self) -> None:
         w, c = time.perf_counter(), time.process_time()

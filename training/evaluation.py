@@ -134,13 +134,25 @@ def response_logprob(model, prompt_ids: list[int], response_ids: list[int]) -> f
     return float(lp.sum())
 
 
+def sample_kl(model, tokenizer, reference_model, prompts: list[list[dict]], samples) -> float:
+    """KL(model ‖ reference) estimated from ``samples`` drawn from ``model`` (one per prompt):
+    ``kl_estimate`` of their log-probs under both (exactly 0 when the reference is the model)."""
+    from training.data import prompt_tokens
+
+    logp, logp_ref = [], []
+    for messages, s in zip(prompts, samples):
+        p = prompt_tokens(tokenizer, messages)
+        logp.append(response_logprob(model, p, s.token_ids))
+        logp_ref.append(logp[-1] if reference_model is model else response_logprob(reference_model, p, s.token_ids))
+    return kl_estimate(logp, logp_ref)
+
+
 def evaluate_policy(new_model, new_tok, active_model, active_tok, reference_model, prompts: list[list[dict]],
                     reward_model, reward_tok, params, seed: int, *, n_examples: int = N_EXAMPLES) -> EvalResult:
     """Sample one response per prompt from the new and the active policy with the same seed
     (``generate`` seeds batch b with ``mix_seed(seed, b)`` for both, so prompt i is drawn from
     the same random stream by each), judge each pair with the reward model, and return the
     figures (module docstring) with the first ``n_examples`` pairs."""
-    from training.data import prompt_tokens
     from training.reward import score
     from training.sampling import generate
 
@@ -161,12 +173,6 @@ def evaluate_policy(new_model, new_tok, active_model, active_tok, reference_mode
     wins, ties, losses = pairwise_outcomes(r_new, r_active)
     rate = win_rate(wins, ties, losses)
 
-    logp_new, logp_ref = [], []
-    for messages, s in zip(prompts, new):
-        p = prompt_tokens(new_tok, messages)
-        logp_new.append(response_logprob(new_model, p, s.token_ids))
-        logp_ref.append(logp_new[-1] if reference_model is new_model else response_logprob(reference_model, p, s.token_ids))
-
     outcome = {1: "win", 0: "tie", -1: "loss"}
     examples = [
         {"prompt": prompts[i], "new": new[i].text, "active": active[i].text, "reward_new": r_new[i],
@@ -176,7 +182,7 @@ def evaluate_policy(new_model, new_tok, active_model, active_tok, reference_mode
     ]
     return EvalResult(
         n_prompts=len(prompts), wins=wins, ties=ties, losses=losses, win_rate=rate.rate, win_low=rate.low,
-        win_high=rate.high, kl=kl_estimate(logp_new, logp_ref),
+        win_high=rate.high, kl=sample_kl(new_model, new_tok, reference_model, prompts, new),
         mean_length_new=mean_length([s.token_count for s in new]),
         mean_length_active=mean_length([s.token_count for s in active]),
         distinct2_new=distinct_n([s.text.split() for s in new]),

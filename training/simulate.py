@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 
-from training.evaluation import kl_estimate, mean_length, response_logprob, win_rate
+from training.evaluation import mean_length, sample_kl, win_rate
 from training.rules import Rule, judge
 
 
@@ -65,7 +65,6 @@ def evaluate_by_rule(model, tokenizer, original_model, original_tokenizer, promp
                      params, seed: int, *, progress: bool = False) -> RuleEval:
     """Win rate of ``model`` over ``original_model`` under ``rule`` on ``prompts`` (one sample
     each, same seed), KL(current ‖ original) from the current samples, mean lengths."""
-    from training.data import prompt_tokens
     from training.sampling import generate
 
     if not prompts:
@@ -85,17 +84,13 @@ def evaluate_by_rule(model, tokenizer, original_model, original_tokenizer, promp
                 for i, (m, c, o) in enumerate(zip(prompts, current, original))]
     wins, losses = outcomes.count(1), outcomes.count(-1)
     rate = win_rate(wins, outcomes.count(0), losses)
-    logp_cur, logp_orig = [], []
-    for messages, s in zip(prompts, current):
-        p = prompt_tokens(tokenizer, messages)
-        logp_cur.append(response_logprob(model, p, s.token_ids))
-        logp_orig.append(logp_cur[-1] if original_model is model else response_logprob(original_model, p, s.token_ids))
+    kl = sample_kl(model, tokenizer, original_model, prompts, current)
     if bar is not None:
         bar.update(1)
         bar.close()
     return RuleEval(
         n_prompts=len(prompts), wins=wins, ties=outcomes.count(0), losses=losses, win_rate=rate.rate,
-        win_low=rate.low, win_high=rate.high, kl=kl_estimate(logp_cur, logp_orig),
+        win_low=rate.low, win_high=rate.high, kl=kl,
         mean_length=mean_length([s.token_count for s in current]),
         mean_length_original=mean_length([s.token_count for s in original]),
     )

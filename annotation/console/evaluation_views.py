@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from annotation import selectors, services
 from annotation.console import selectors as console
-from annotation.console.views import MANAGE, POLL_SECONDS, _campaign, _flash, _manager, _reason, _rolled_back, _version_named, console_view
+from annotation.console.views import MANAGE, POLL_SECONDS, _campaign, _flash, _manager, _reason, _rolled_back, console_view
 from annotation.errors import ApplicationError
 from annotation.limits import MAX_PROMOTION_REASON_CHARS
 from annotation.models import Evaluation
@@ -79,7 +79,7 @@ def evaluation_start(request, slug: str):
     campaign = _campaign(request, slug)
     name = request.POST.get("candidate", "")
     try:
-        candidate = _version_named(name)
+        candidate = selectors.model_version_named(name=name, field="candidate")
         evaluation = services.evaluation_create(campaign=campaign, candidate=candidate, created_by=request.user,
                                                 trigger=Evaluation.Trigger.CONSOLE)
     except ApplicationError as exc:

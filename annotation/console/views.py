@@ -21,7 +21,7 @@ from annotation.console import config_form
 from annotation.console import selectors as console
 from annotation.errors import ApplicationError, Conflict, InvalidInput
 from annotation.limits import MAX_PROMOTION_REASON_CHARS
-from annotation.models import ModelVersion, RetrainPolicy, TrainingRun
+from annotation.models import RetrainPolicy, TrainingRun
 from training.recipes import RECIPES
 
 MANAGE = "annotation.manage_training"
@@ -126,9 +126,7 @@ def run_start(request, slug: str):
     try:
         if recipe is None:
             raise InvalidInput(f"Unknown kind {kind!r}.", details={"field": "kind"})
-        base = ModelVersion.objects.filter(name=base_name).first() if base_name else None
-        if base_name and base is None:
-            raise InvalidInput(f"No model version '{base_name}'.", details={"field": "base_version"})
+        base = selectors.model_version_named(name=base_name, field="base_version") if base_name else None
         run = services.training_run_create(
             campaign=campaign, kind=kind, config=config_form.config_from_form(recipe.config_cls, values),
             base_version=base, created_by=request.user, trigger=TrainingRun.Trigger.CONSOLE,
@@ -158,13 +156,6 @@ def _flash(request, action) -> bool:
         return False
 
 
-def _version_named(name: str) -> ModelVersion:
-    version = ModelVersion.objects.filter(name=name).first()
-    if version is None:
-        raise InvalidInput(f"No model version '{name}'.")
-    return version
-
-
 def _rolled_back(record) -> str:
     return f"Rolled back: the active policy is {record.to_version.name if record.to_version else 'the default policy'}."
 
@@ -180,7 +171,7 @@ def promote(request, slug: str):
     campaign = _campaign(request, slug)
 
     def promote_named():
-        version = _version_named(request.POST.get("version", ""))
+        version = selectors.model_version_named(name=request.POST.get("version", ""))
         services.campaign_policy_promote(campaign=campaign, version=version, user=request.user, reason=_reason(request))
         return f"'{version.name}' is now the active policy."
 

@@ -12,8 +12,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from annotation.limits import DEFAULT_EVAL_PROMPTS
+from annotation.selectors import model_version_named
 from annotation.management.commands._common import campaign_or_error, command_errors
-from annotation.models import Evaluation, ModelVersion
+from annotation.models import Evaluation
 from annotation.services import evaluation_create
 
 
@@ -51,10 +52,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, campaign, version_name, seed, max_prompts, wait, poll, **options):
         camp = campaign_or_error(campaign)
-        candidate = ModelVersion.objects.filter(name=version_name).first()
-        if candidate is None:
-            raise CommandError(f"No model version '{version_name}'.")
         with command_errors():
+            candidate = model_version_named(name=version_name)
             evaluation = evaluation_create(campaign=camp, candidate=candidate, trigger=Evaluation.Trigger.SHELL,
                                            seed=seed, max_prompts=max_prompts)
         self.stdout.write(f"Evaluation {evaluation.pk} queued: {candidate.name} vs {evaluation.baseline.name} "

@@ -10,8 +10,9 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from annotation.selectors import model_version_named
 from annotation.management.commands._common import campaign_or_error, command_errors
-from annotation.models import ModelVersion, TrainingRun
+from annotation.models import TrainingRun
 from annotation.services import training_run_create
 from training.config import config_from
 from training.recipes import RECIPES, recipe_for
@@ -47,12 +48,8 @@ class Command(BaseCommand):
     def handle(self, *args, overrides, campaign, kind, base, wait, poll, **options):
         camp = campaign_or_error(campaign)
         config = typed_overrides(kind, overrides)
-        base_version = None
-        if base:
-            base_version = ModelVersion.objects.filter(name=base).first()
-            if base_version is None:
-                raise CommandError(f"No model version '{base}'.")
         with command_errors():
+            base_version = model_version_named(name=base) if base else None
             run = training_run_create(campaign=camp, kind=kind, config=config, base_version=base_version,
                                       trigger=TrainingRun.Trigger.SHELL)
         self.stdout.write(f"Run {run.pk} queued: {kind} on '{camp.slug}' from {run.base_version.name}.")
