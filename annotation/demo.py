@@ -48,7 +48,7 @@ def demo_seed(*, fixtures: Path = FIXTURES, fixture_pairs: bool = False) -> Seed
             votes_per_pair=3,
             gold_rate=0.1,
             # Short answers keep CPU sampling quick (about 40 tokens/s batched on 2 cores).
-            sampling_params={"max_new_tokens": 160, "batch_size": 16},
+            sampling_params={"max_new_tokens": 160, "batch_size": 32},
             buffer_size=20,
         )
         result = SeedResult(campaign=campaign)

@@ -2,15 +2,16 @@
 
 Same model (the embedded SmolLM2-135M-Instruct, fp32 on CPU here), same prompts (the demo
 campaign's), same settings (temperature 0.7, top-p 0.95, k samples per prompt, max new
-tokens): ours is ``training.sampling.generate`` (all prompts x k in left-padded batches, with
-log-prob sums, the fast nucleus sampler and shared prefill); "stock" is the same batched path
+tokens): ours is ``training.sampling.generate`` (all prompts x k in left-padded batches of 32,
+with log-prob sums: shared prefill, the fast nucleus sampler, a KV cache written in place,
+finished rows leaving the batch); "stock" is the same batched path
 with the stock transformers warpers (``fast=False``, our previous path); the peer is the loop
 people write first, one ``model.generate`` call per sample. Tokens are the generated ones up to and including EOS; a batch keeps stepping until its
 longest member ends, and that idle work counts against us. The two run interleaved in
 ``--repeats`` rounds (``benchmarks/harness.py``: refuses a busy machine); the RESULT is the
 median of the per-round speedups with their min-max, CPU seconds beside wall seconds.
 
-    python benchmarks/sampling.py [--quick] [--prompts 8] [--k 2] [--max-new-tokens 64] [--repeats 3] [--force]
+    python benchmarks/sampling.py [--quick] [--prompts 16] [--k 2] [--max-new-tokens 64] [--repeats 3] [--force]
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ def one_at_a_time(model, tokenizer, prompts, *, k, params, seed) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 prompts, 16 new tokens, 1 round")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=None, help="default: SamplingParams' (32)")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     harness.add_arguments(ap)
     args = ap.parse_args()
@@ -69,11 +70,12 @@ def main() -> None:
 
     rows = [json.loads(line) for line in (ROOT / "fixtures" / "demo_prompts.jsonl").read_text().splitlines() if line.strip()]
     prompts = [r["messages"] for r in rows[: args.prompts]]
-    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    params = SamplingParams(temperature=0.7, top_p=0.95, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size or SamplingParams().batch_size)
     model, tokenizer = load_policy(args.model)
     print(f"model {args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, {model.dtype}, "
           f"{torch.get_num_threads()} threads; {len(prompts)} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
-          f"batch_size={args.batch_size}", flush=True)
+          f"batch_size={params.batch_size}", flush=True)
     generate(model, tokenizer, prompts[:1], k=1, params=SamplingParams(max_new_tokens=2))  # warm-up
 
     rate = {"ours": [], "stock": [], "peer": []}

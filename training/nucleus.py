@@ -61,22 +61,31 @@ class NucleusSampler:
     def __init__(self, temperature: float, top_p: float, *, draw: bool = True):
         self.temperature = float(temperature)
         self.top_p = float(top_p)
-        self.draw = draw
+        self.draws = draw
         self.logprobs: list[torch.Tensor] = []  # per step (B,), draw=True: raw log p of the drawn token
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         raw = scores  # generate's float32 copy of the last position's logits
         scaled = raw / self.temperature if self.temperature != 1.0 else raw  # as TemperatureLogitsWarper
-        values, indices, keep = nucleus(scaled, self.top_p)
-        if not self.draw:
+        if not self.draws:
+            values, _, keep = nucleus(scaled, self.top_p)
             threshold = values.masked_fill(~keep, float("inf")).amin(dim=-1, keepdim=True)  # lowest kept score
             return scaled.masked_fill(scaled < threshold, -float("inf"))
-        # Draw among the kept: argmax p / Exp(1) samples a categorical in proportion to p.
+        token, logprob = self.draw(raw, scaled)
+        self.logprobs.append(logprob)
+        out = torch.full_like(scores, -float("inf"))
+        out.scatter_(-1, token.unsqueeze(-1), 0.0)
+        return out
+
+    def draw(self, raw: torch.Tensor, scaled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One token per row of the raw (float32) logits ``(B, V)`` and its raw-policy log-prob
+        (temperature 1, no top-p), each ``(B,)``. Draws among the kept only: argmax p / Exp(1)
+        samples a categorical in proportion to p, from the global torch generator."""
+        if scaled is None:
+            scaled = raw / self.temperature if self.temperature != 1.0 else raw
+        values, indices, keep = nucleus(scaled, self.top_p)
         weights = torch.softmax(values.masked_fill(~keep, -float("inf")), dim=-1)
         q = torch.empty_like(weights).exponential_(1)
         pick = (weights / q).argmax(dim=-1, keepdim=True)  # (B, 1) position in the prefilter
-        token = indices.gather(-1, pick)  # (B, 1)
-        self.logprobs.append(raw.gather(-1, token).squeeze(-1) - torch.logsumexp(raw, dim=-1))
-        out = torch.full_like(scores, -float("inf"))
-        out.scatter_(-1, token, 0.0)
-        return out
+        token = indices.gather(-1, pick).squeeze(-1)  # (B,)
+        return token, raw.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(raw, dim=-1)

@@ -12,7 +12,7 @@ class SamplingParams:
     temperature: float = 0.7  # > 0; 1 samples from the model's distribution as is
     top_p: float = 0.95  # nucleus sampling mass, in (0, 1]
     max_new_tokens: int = 256  # hard cap on generated tokens per response
-    batch_size: int = 16  # sequences per generate call (prompts x k are flattened)
+    batch_size: int = 32  # sequences decoded together (prompts x k are flattened); 32 is the fastest on a 2-core CPU
 
     def __post_init__(self):
         for name in ("temperature", "top_p"):

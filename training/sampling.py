@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicLayer
 
 from training.data import prompt_tokens
 from training.nucleus import NucleusSampler
@@ -44,22 +45,92 @@ def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     return ids.to(device), mask.to(device)
 
 
-def _shared_prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, device):
-    """The KV cache of each distinct prompt but its last token, computed once (left-padded
-    batch of the distinct prompts) and repeated ``counts`` times: the k samples of a prompt
-    share its prefill. ``generate`` then feeds only the last column."""
-    from transformers import DynamicCache
+class _ReservedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in a buffer reserved for the whole
+    generation: a step writes its column in place, where ``DynamicLayer`` concatenates (a copy
+    of the layer's whole cache at every step: a quarter of a step's time at batch 16 here)."""
 
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, capacity: int):
+        super().__init__()
+        n = keys.shape[-2]
+        self._keys = keys.new_empty((*keys.shape[:-2], max(capacity, n), keys.shape[-1]))
+        self._values = values.new_empty((*values.shape[:-2], max(capacity, n), values.shape[-1]))
+        self._keys[..., :n, :], self._values[..., :n, :] = keys, values
+        self.device, self.is_initialized, self._n = keys.device, True, n
+        self._views()
+
+    def _views(self) -> None:
+        self.keys, self.values = self._keys[..., : self._n, :], self._values[..., : self._n, :]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        end = self._n + key_states.shape[-2]
+        if end > self._keys.shape[-2]:  # past the reservation: grow (not on the sampling path)
+            grow = lambda t: torch.cat([t, t.new_empty((*t.shape[:-2], end, t.shape[-1]))], dim=-2)  # noqa: E731
+            self._keys, self._values = grow(self._keys), grow(self._values)
+        self._keys[..., self._n:end, :], self._values[..., self._n:end, :] = key_states, value_states
+        self._n = end
+        self._views()
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._keys, self._values = self._keys[indices], self._values[indices]
+        self._views()
+
+
+def _prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, device, *, drop_last: bool = False,
+             reserve: int = 0):
+    """One forward of the distinct prompts ``seqs`` (left-padded, no LM head), its KV cache
+    repeated ``counts`` times along the batch: the k samples of a prompt share its prefill.
+    Returns the cache, the attention mask and the last position id (both repeated), and the
+    last position's hidden state. ``drop_last``: prefill all but the last token (``generate``
+    then feeds that column); ``reserve``: room for that many more tokens in place
+    (``_ReservedLayer``)."""
     ids, mask = _left_pad(seqs, pad_id, device)
-    ids, mask = ids[:, :-1], mask[:, :-1]
+    if drop_last:
+        ids, mask = ids[:, :-1], mask[:, :-1]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate derives them from the mask
-    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)  # no LM head
-    prefilled = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     repeats = torch.tensor(counts, device=device)
-    cache = DynamicCache(config=model.config)
-    for i, layer in enumerate(prefilled.layers):
-        cache.update(layer.keys.repeat_interleave(repeats, dim=0), layer.values.repeat_interleave(repeats, dim=0), i)
-    return cache
+    for i, layer in enumerate(cache.layers):
+        keys, values = layer.keys.repeat_interleave(repeats, dim=0), layer.values.repeat_interleave(repeats, dim=0)
+        if reserve:
+            cache.layers[i] = _ReservedLayer(keys, values, keys.shape[-2] + reserve)
+        else:
+            layer.keys, layer.values = keys, values
+    last = out.last_hidden_state[:, -1].repeat_interleave(repeats, dim=0)
+    return cache, mask.repeat_interleave(repeats, dim=0), position_ids[:, -1].repeat_interleave(repeats, dim=0), last
+
+
+def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int, eos_id: int, pad_id: int, device):
+    """The fast path's own decoding loop: shared prefill, then one token per step for the rows
+    still going. A row that drew EOS leaves the batch (its KV cache rows are dropped), so the
+    remaining steps cost less; no logits are kept. Returns the tokens ``(B, G)`` (pad after
+    EOS) and each token's raw-policy log-prob ``(B, G)``."""
+    cache, mask, positions, hidden = _prefill(model, seqs, counts, pad_id, device, reserve=max_new_tokens)
+    head = model.get_output_embeddings()
+    rows = hidden.shape[0]
+    tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    logps = torch.zeros((rows, max_new_tokens), device=device)
+    alive = torch.arange(rows, device=device)  # the original row of each row still going
+    for t in range(max_new_tokens):
+        token, logp = sampler.draw(head(hidden).float())
+        tokens[alive, t] = token
+        logps[alive, t] = logp
+        going = token != eos_id
+        if t == max_new_tokens - 1 or not bool(going.any()):
+            break
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(-1)
+            alive, token, mask, positions = alive[keep], token[keep], mask[keep], positions[keep]
+            for layer in cache.layers:
+                layer.batch_select_indices(keep)
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+        positions = positions + 1
+        out = model.base_model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions.unsqueeze(-1),
+                               cache=cache, use_cache=True)
+        hidden = out.last_hidden_state[:, -1]
+    return tokens, logps
 
 
 @torch.no_grad()
@@ -79,9 +150,11 @@ def generate(
     """``k`` samples for each prompt (message lists). Same inputs + seed -> same outputs.
 
     ``fast=False``: the stock transformers warpers and multinomial draw (same distribution,
-    other tokens for the same seed). ``_draw=False`` (tests): the fast nucleus, the stock draw
-    (token for token the stock path's outputs). ``fast`` also prefills each distinct prompt of
-    a batch once for its k samples (``_share_prefill=False``: not)."""
+    other tokens for the same seed), through ``model.generate``. The default is our own loop
+    (``_decode``): each distinct prompt of a batch prefilled once for its k samples, finished
+    rows dropped from the batch. ``_draw=False`` (tests): the fast nucleus inside
+    ``model.generate`` with its multinomial draw (token for token the stock path's outputs;
+    ``_share_prefill`` prefills as the fast path does)."""
     if k < 1:
         raise ValueError("k must be >= 1")
     params = params or SamplingParams()
@@ -98,28 +171,29 @@ def generate(
         batches = tqdm(batches, desc="sampling", unit="batch")
     for b, start in enumerate(batches):
         chunk = flat[start:start + params.batch_size]
-        ids, mask = _left_pad([encoded[p] for p, _ in chunk], pad_id, device)
         batch_seed = mix_seed(seed, b)  # one seed per batch: reproducible for a fixed batch size
         torch.manual_seed(batch_seed)
-        common = dict(
-            input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, eos_token_id=eos_id,
-            pad_token_id=pad_id, return_dict_in_generate=True,
-        )
-        sampler = None
         distinct = [(p, sum(1 for q, _ in chunk if q == p)) for p in dict.fromkeys(q for q, _ in chunk)]
-        if fast and _share_prefill and min(len(encoded[p]) for p, _ in distinct) >= 2:
-            common["cache"] = _shared_prefill(model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], pad_id, device)
-        if not fast:
-            out = model.generate(**common, do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0, output_logits=True)
+        if fast and _draw:  # our own loop (the default)
+            sampler = NucleusSampler(params.temperature, params.top_p)
+            gen, token_logp = _decode(model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], sampler=sampler,
+                                      max_new_tokens=params.max_new_tokens, eos_id=eos_id, pad_id=pad_id, device=device)
         else:
-            sampler = NucleusSampler(params.temperature, params.top_p, draw=_draw)
-            # draw=True: the processor draws and leaves one finite score, which greedy decoding takes.
-            stock_draw = {} if _draw else dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, output_logits=True)
-            out = model.generate(**common, logits_processor=[sampler], **stock_draw)
-        gen = out.sequences[:, ids.shape[1]:]  # (B, G)
-        if sampler is not None and _draw:
-            token_logp = torch.stack(sampler.logprobs[: gen.shape[1]], dim=1)  # (B, G), recorded as drawn
-        else:  # raw logits, before temperature / top-p: one log-softmax per step, no (B, G, V) stack
+            ids, mask = _left_pad([encoded[p] for p, _ in chunk], pad_id, device)
+            common = dict(
+                input_ids=ids, attention_mask=mask, max_new_tokens=params.max_new_tokens, eos_token_id=eos_id,
+                pad_token_id=pad_id, return_dict_in_generate=True, output_logits=True,
+            )
+            if not fast:
+                out = model.generate(**common, do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            else:  # the fast nucleus with generate's own multinomial draw (tests: token for token the stock path)
+                if _share_prefill and min(len(encoded[p]) for p, _ in distinct) >= 2:
+                    common["cache"] = _prefill(model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], pad_id,
+                                               device, drop_last=True)[0]
+                out = model.generate(**common, logits_processor=[NucleusSampler(params.temperature, params.top_p, draw=False)],
+                                     do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+            gen = out.sequences[:, ids.shape[1]:]  # (B, G)
+            # raw logits, before temperature / top-p: one log-softmax per step, no (B, G, V) stack
             token_logp = torch.stack([
                 step.float().gather(-1, gen[:, t: t + 1]).squeeze(-1) - torch.logsumexp(step.float(), dim=-1)
                 for t, step in enumerate(out.logits)

@@ -80,14 +80,17 @@ def test_logprob_sum_equals_a_separate_forward_pass(tiny_model, tokenizer):
 def test_sampling_prompts_are_the_trainers_prompt_ids(tiny_model, tokenizer, monkeypatch):
     """What the policy is sampled from is token for token what SFT / reward / DPO train on:
     one BOS, the template's default system prompt, the assistant header."""
+    import training.sampling as sampling
+
     fed = []
-    real = tiny_model.generate
+    real = sampling._left_pad
 
-    def spy(input_ids, attention_mask, **kw):
-        fed.extend(row[mask.bool()].tolist() for row, mask in zip(input_ids, attention_mask))  # left padding off
-        return real(input_ids=input_ids, attention_mask=attention_mask, **kw)
+    def spy(seqs, pad_id, device):
+        ids, mask = real(seqs, pad_id, device)
+        fed.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))  # left padding off: what the model reads
+        return ids, mask
 
-    monkeypatch.setattr(tiny_model, "generate", spy)
+    monkeypatch.setattr(sampling, "_left_pad", spy)
     generate(tiny_model, tokenizer, PROMPTS, k=1, params=P, seed=0)
     trained = [e.prompt_ids for e in tokenize_sft(tokenizer, [(m, "ok") for m in PROMPTS], max_length=1000, max_prompt_length=999)[0]]
     assert fed == trained == [prompt_tokens(tokenizer, m) for m in PROMPTS]
@@ -194,3 +197,72 @@ def test_fast_path_tokens_lie_in_the_stock_nucleus_and_logprobs_are_raw(tiny_mod
             kept = torch.isfinite(stock_scores(logits, PT.temperature, PT.top_p))
             assert kept[torch.arange(len(s.token_ids)), torch.tensor(s.token_ids)].all()
             assert s.logprob_sum == pytest.approx(sequence_logprob(tiny_model, prompt_ids, s.token_ids), abs=1e-3)
+
+
+def test_rows_that_finish_leave_the_batch_and_the_rest_go_on_unchanged(tiny_model, tokenizer):
+    """The fast loop drops a row from the batch (and its KV cache rows) once it draws EOS: the
+    rows still going must read their own cache afterwards, so their log-prob sums still equal a
+    separate forward pass over their own prompt and tokens."""
+    eos = tokenizer.eos_token_id
+    calls = {"n": 0}
+
+    def hook(module, inputs, output):  # EOS for the batch's first row at its third token only
+        if calls["n"] == 2:
+            output = output.clone()
+            output[0, ..., eos] += 1000.0
+        calls["n"] += 1
+        return output
+
+    handle = tiny_model.lm_head.register_forward_hook(hook)
+    try:
+        out = generate(tiny_model, tokenizer, PROMPTS, k=2, params=SamplingParams(max_new_tokens=8, batch_size=8), seed=3)
+    finally:
+        handle.remove()
+    first, rest = out[0][0], [s for row in out for s in row][1:]
+    assert first.finish_reason == "stop" and first.token_count == 3 and first.token_ids[-1] == eos
+    assert any(s.token_count == 8 for s in rest)  # the others went on after the first left
+    for messages, row in zip(PROMPTS, out):
+        for s in row:
+            if s is first:
+                continue
+            expected = sequence_logprob(tiny_model, prompt_tokens(tokenizer, messages), s.token_ids)
+            assert s.logprob_sum == pytest.approx(expected, abs=1e-3)
+
+
+def test_whole_sampler_draws_the_exact_nucleus_distribution(tiny_model, tokenizer):
+    """The whole fast sampler (prefill, decode loop, draw) against the exact
+    temperature + top-p probabilities of the first two tokens, computed by separate forward
+    passes: frequencies over 6,000 samples within 5 sigma, nothing outside the nucleus. The
+    logits are made peaked (a fixed bias on 40 tokens) so a few thousand samples can see them."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    bias = torch.full((tiny_model.config.vocab_size,), -30.0)
+    favoured = torch.randperm(tiny_model.config.vocab_size, generator=g)[:40]
+    favoured = favoured[favoured != tokenizer.eos_token_id]
+    bias[favoured] = torch.randn(len(favoured), generator=g) * 2.0
+    handle = tiny_model.lm_head.register_forward_hook(lambda module, inputs, output: output + bias)
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=2, batch_size=256)
+    prompt = PROMPTS[1]
+    try:
+        n = 6000
+        out = generate(tiny_model, tokenizer, [prompt], k=n, params=params, seed=11)[0]
+        prompt_ids = prompt_tokens(tokenizer, prompt)
+
+        def exact(prefix):  # the nucleus distribution of the next token after prompt + prefix
+            with torch.no_grad():
+                logits = tiny_model(torch.tensor([prompt_ids + prefix])).logits[0, -1:].float()
+            return torch.softmax(stock_scores(logits, params.temperature, params.top_p), -1)[0].double()
+
+        def check(tokens, probs):
+            freq = torch.bincount(torch.tensor(tokens), minlength=len(probs)).double() / len(tokens)
+            assert (freq[probs == 0] == 0).all()
+            sigma = (probs * (1 - probs) / len(tokens)).sqrt()
+            assert ((freq - probs).abs() <= 5 * sigma + 1e-9).all()
+
+        firsts = [s.token_ids[0] for s in out]
+        check(firsts, exact([]))
+        top = max(set(firsts), key=firsts.count)  # the second token, given the most frequent first one
+        check([s.token_ids[1] for s in out if s.token_ids[0] == top], exact([top]))
+    finally:
+        handle.remove()
