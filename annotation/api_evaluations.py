@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.api import perm
-from annotation.api_runs import VIEW, CampaignScopedListApi, errors
+from annotation.api_runs import MANAGE, VIEW, CampaignScopedListApi, errors
 from annotation.limits import DEFAULT_EVAL_PROMPTS, MAX_EVAL_PROMPTS
 from annotation.models import Evaluation
 from training.seeds import SEED_BITS
@@ -104,4 +104,20 @@ class EvaluationDetailApi(APIView):
 
     @extend_schema(responses={200: EvaluationDetailOut, **errors(403, 404)}, summary="One evaluation with example pairs")
     def get(self, request, evaluation_id: int):
+        return _detail(evaluation_id, request.user)
+
+
+class EvaluationCancelApi(APIView):
+    permission_classes = [perm(MANAGE)]
+
+    @extend_schema(
+        request=None,
+        responses={200: EvaluationDetailOut, **errors(403, 404, 409)},
+        summary="Cancel a queued or running evaluation",
+        description="Its figures, when its worker ends, are not stored and the gate is not applied. Cancelling a "
+        "cancelled evaluation changes nothing; one that succeeded or failed answers 409.",
+    )
+    def post(self, request, evaluation_id: int):
+        evaluation = get_object_or_404(selectors.evaluations_visible_to(user=request.user), pk=evaluation_id)
+        services.evaluation_cancel(evaluation_id=evaluation.pk)
         return _detail(evaluation_id, request.user)

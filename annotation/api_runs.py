@@ -57,6 +57,10 @@ class TrainingRunIn(serializers.Serializer):
         required=False, allow_null=True, allow_blank=True, default=None,
         help_text="Model version name to train from (default: the campaign's active policy).",
     )
+    data_scope = serializers.ChoiceField(
+        choices=TrainingRun.DataScope.choices, default=TrainingRun.DataScope.ALL,
+        help_text="all: every training preference of the campaign; on_policy: only those on pairs the base version sampled.",
+    )
 
 
 class TrainingRunOut(serializers.ModelSerializer):
@@ -68,7 +72,7 @@ class TrainingRunOut(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "campaign", "kind", "status", "trigger", "created_by", "config", "base_version", "output_version",
+            "id", "campaign", "kind", "status", "trigger", "created_by", "config", "base_version", "data_scope", "output_version",
             "device", "error", "step", "total_steps", "created_at", "started_at", "finished_at",
         ]
 
@@ -164,7 +168,7 @@ class TrainingRunListApi(CampaignScopedListApi):
         base = selectors.model_version_named(name=v["base_version"], field="base_version") if v["base_version"] else None
         run = services.training_run_create(
             campaign=campaign, kind=v["kind"], config=v["config"], base_version=base,
-            created_by=request.user, trigger=TrainingRun.Trigger.API,
+            created_by=request.user, trigger=TrainingRun.Trigger.API, data_scope=v["data_scope"],
         )
         return _detail(run.pk, request.user, code=status.HTTP_202_ACCEPTED)
 
@@ -190,6 +194,22 @@ class TrainingRunCancelApi(APIView):
     def post(self, request, run_id: int):
         services.training_run_cancel(run_id=_run(run_id, request.user).pk)
         return _detail(run_id, request.user)
+
+
+class PromotionListApi(CampaignScopedListApi):
+    serializer_class = PromotionOut
+    visible_to = staticmethod(selectors.promotions_visible_to)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("campaign", str, description="Campaign slug")],
+        responses={200: PromotionOut(many=True), **errors(403, 404)},
+        summary="Promotions and roll-backs of campaigns' policies, newest first",
+        description="Who changed a campaign's active policy, when, from which version to which, and why (a gate's "
+        "reason names the evaluation and its figures). Promote and roll back: `/api/campaigns/{slug}/promote/`, "
+        "`/api/campaigns/{slug}/rollback/`.",
+    )
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
 
 
 class CampaignPromoteApi(APIView):

@@ -169,13 +169,16 @@ def prompts_for_sampling(*, campaign: Campaign, n: int) -> list[Prompt]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def training_records(*, campaign: Campaign) -> tuple[list[PreferenceRecord], list[str]]:
+def training_records(*, campaign: Campaign, sampled_by: ModelVersion | None = None) -> tuple[list[PreferenceRecord], list[str]]:
     """The campaign's preferences on training prompts (eval prompts stay held out), in
     primary-key order, as the records the trainers read; and one reason per stored preference
-    that cannot be trained on ("preference 17: chosen is empty"), so none is dropped unseen."""
+    that cannot be trained on ("preference 17: chosen is empty"), so none is dropped unseen.
+    ``sampled_by``: only preferences whose two responses that version sampled (on-policy)."""
+    rows = Preference.objects.filter(campaign=campaign, prompt__split=Prompt.Split.TRAIN)
+    if sampled_by is not None:
+        rows = rows.filter(chosen__model_version=sampled_by, rejected__model_version=sampled_by)
     rows = (
-        Preference.objects.filter(campaign=campaign, prompt__split=Prompt.Split.TRAIN)
-        .order_by("pk")
+        rows.order_by("pk")
         .values_list("pk", "prompt__messages", "chosen__text", "rejected__text")
     )
     max_chars = settings.PREFLOOP["MAX_TEXT_CHARS"]
@@ -303,6 +306,13 @@ def model_version_root(*, version: ModelVersion) -> ModelVersion:
 def eval_prompts(*, campaign: Campaign, n: int) -> list[Prompt]:
     """The campaign's first ``n`` eval-split prompts, oldest first: the same set for every evaluation."""
     return list(campaign.prompts.filter(split=Prompt.Split.EVAL).order_by("pk")[:n])
+
+
+def promotions_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[PolicyPromotion]:
+    """Promotions and roll-backs of the campaigns the user sees, newest first."""
+    qs = PolicyPromotion.objects.select_related("campaign", "from_version", "to_version", "by")
+    qs = qs.filter(campaign=campaign) if campaign is not None else qs.filter(campaign__in=campaigns_for_user(user=user))
+    return qs.order_by("-created_at", "-pk")
 
 
 def evaluations_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[Evaluation]:

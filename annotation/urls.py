@@ -19,6 +19,8 @@ api_urls = [
     path("training-runs/<int:run_id>/cancel/", api_runs.TrainingRunCancelApi.as_view(), name="api-training-run-cancel"),
     path("evaluations/", api_evaluations.EvaluationListApi.as_view(), name="api-evaluations"),
     path("evaluations/<int:evaluation_id>/", api_evaluations.EvaluationDetailApi.as_view(), name="api-evaluation"),
+    path("evaluations/<int:evaluation_id>/cancel/", api_evaluations.EvaluationCancelApi.as_view(), name="api-evaluation-cancel"),
+    path("promotions/", api_runs.PromotionListApi.as_view(), name="api-promotions"),
 ]
 
 page_urls = [

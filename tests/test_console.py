@@ -173,7 +173,10 @@ def test_run_page_series_cancel_and_compare(campaign, base, admin_user, sent):
     c = client_for(admin_user)
     done, version = finished_run(campaign, base, config={"beta": 0.2, "max_steps": 2})
     html = c.get(f"/console/runs/{done.pk}/").content.decode()
-    assert 'data-status="succeeded"' in html and "hx-trigger" not in html  # a finished run is not polled
+    # Finished, its evaluation decided: not polled (test_loop_upkeep: polled while one is awaited).
+    services.evaluation_fail(evaluation_id=services.evaluation_create(campaign=campaign, candidate=version).pk, error="x")
+    html = c.get(f"/console/runs/{done.pk}/").content.decode()
+    assert 'data-status="succeeded"' in html and "hx-trigger" not in html
     assert version.name in html and "Cancel run" not in html and "&quot;sha256&quot;" in html
     assert "loss=0.61" in html and "rewards/accuracies=1" in html  # the log tail
     assert re.search(r'<tr class="set"><th>beta</th><td>0.2</td>', html) and "<th>loss_type</th><td>sigmoid</td>" in html

@@ -19,7 +19,7 @@ EXAMPLE = {"prompt": [{"role": "user", "content": "Is 2 < 3?"}], "new": "<b>yes<
 
 
 def gate(campaign, min_win_rate, max_kl=None) -> None:
-    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=min_win_rate, gate_max_kl=max_kl)
+    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=min_win_rate, gate_max_kl=max_kl, gate_min_prompts=1)
     campaign.refresh_from_db()
 
 

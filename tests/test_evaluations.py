@@ -36,8 +36,8 @@ def campaign(db, settings, tiny_policy, tmp_path, sent):
     return c
 
 
-def gate(campaign, min_win_rate, max_kl=None) -> None:
-    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=min_win_rate, gate_max_kl=max_kl)
+def gate(campaign, min_win_rate, max_kl=None, min_prompts=1) -> None:
+    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=min_win_rate, gate_max_kl=max_kl, gate_min_prompts=min_prompts)
     campaign.refresh_from_db()
 
 
@@ -85,13 +85,13 @@ def test_a_policy_run_queues_its_evaluation_which_promotes_through_the_gate(camp
 
 def test_an_impossible_gate_holds_and_the_same_seed_gives_the_same_figures(campaign, django_capture_on_commit_callbacks):
     train(campaign, "reward")
-    gate(campaign, 1.01, 5.0)
+    gate(campaign, 1.0, 5.0, min_prompts=1000)
     candidate, evaluation = dpo_then_evaluation(campaign, django_capture_on_commit_callbacks)
     assert tasks.gpu_evaluate(evaluation.pk) == "succeeded"
     e = Evaluation.objects.get(pk=evaluation.pk)
     campaign.refresh_from_db()
     assert e.decision == "held" and e.promotion is None and campaign.policy == e.baseline
-    assert e.decision_reason.startswith(f"gate not met: win rate {e.win_rate:.3g} < 1.01") and not PolicyPromotion.objects.exists()
+    assert e.decision_reason.startswith(f"gate not met: {e.n_prompts} eval prompts < 1000") and not PolicyPromotion.objects.exists()
     # On demand, same seed: the same figures (seeded sampling, deterministic judge); no gate now.
     gate(campaign, None)
     again = services.evaluation_create(campaign=campaign, candidate=candidate, seed=e.seed)
@@ -140,16 +140,19 @@ def _finish(evaluation, **figures):
                                       reference=evaluation.baseline, reward_model=evaluation.baseline)
 
 
-@pytest.mark.parametrize("min_win, max_kl, kl, decision, reason", [
-    (None, None, 0.8, "no_gate", "the campaign has no gate: an admin decides"),
-    (0.55, 5.0, 0.8, "promoted", "gate: win rate 0.6 ≥ 0.55, KL 0.8 ≤ 5"),
-    (0.55, None, 0.8, "promoted", "gate: win rate 0.6 ≥ 0.55, KL 0.8 (no limit)"),
-    (0.65, 5.0, 0.8, "held", "gate not met: win rate 0.6 < 0.65; an admin decides"),
-    (0.55, 0.5, 0.8, "held", "gate not met: KL 0.8 > 0.5; an admin decides"),
-    (0.55, 0.5, float("nan"), "held", "gate not met: KL is not finite; an admin decides"),
+@pytest.mark.parametrize("min_win, max_kl, kl, decision, reason, min_prompts", [
+    (None, None, 0.8, "no_gate", "the campaign has no gate: an admin decides", 1),
+    (0.55, 5.0, 0.8, "promoted", "gate: win rate 0.6 ≥ 0.55, KL 0.8 ≤ 5", 10),
+    (0.55, 5.0, 0.8, "held", "gate not met: 10 eval prompts < 11; an admin decides", 11),
+    (0.65, 5.0, 0.8, "held", "gate not met: 10 eval prompts < 16, win rate 0.6 < 0.65; an admin decides", 16),
+    (0.55, 5.0, 0.8, "promoted", "gate: win rate 0.6 ≥ 0.55, KL 0.8 ≤ 5", 1),
+    (0.55, None, 0.8, "promoted", "gate: win rate 0.6 ≥ 0.55, KL 0.8 (no limit)", 1),
+    (0.65, 5.0, 0.8, "held", "gate not met: win rate 0.6 < 0.65; an admin decides", 1),
+    (0.55, 0.5, 0.8, "held", "gate not met: KL 0.8 > 0.5; an admin decides", 1),
+    (0.55, 0.5, float("nan"), "held", "gate not met: KL is not finite; an admin decides", 1),
 ])
-def test_gate_decisions(campaign, tiny_policy_other, min_win, max_kl, kl, decision, reason):
-    gate(campaign, min_win, max_kl)
+def test_gate_decisions(campaign, tiny_policy_other, min_win, max_kl, kl, decision, reason, min_prompts):
+    gate(campaign, min_win, max_kl, min_prompts)
     other = services.model_version_register_base(spec=tiny_policy_other)
     e = _finish(services.evaluation_create(campaign=campaign, candidate=other), kl=kl)
     campaign.refresh_from_db()

@@ -79,7 +79,7 @@ def test_api_run_trains_evaluates_promotes_samples_and_rolls_back(worker, campai
     t0 = time.monotonic()
     client = api(admin_user)
     original = services.campaign_policy_ensure(campaign=campaign)
-    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=0.0)  # any win rate passes: the gate promotes
+    Campaign.objects.filter(pk=campaign.pk).update(gate_min_win_rate=0.0, gate_min_prompts=1)  # any win rate passes: the gate promotes
 
     reward = start(client, campaign, "reward", SMALL)
     assert follow(reward["id"], log=worker)[-1] == "succeeded", worker.read_text()[-3000:]

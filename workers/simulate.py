@@ -1,7 +1,7 @@
 """The whole loop with simulated annotators (``manage.py simulate_loop``): per round, sample
 pairs from the campaign's current policy, let simulated annotators vote on them through the
 same services people use (``assignment_next`` + ``vote_submit``), which derive preferences,
-retrain on the campaign's preferences, evaluate the new version against the original policy
+retrain on this round's preferences (or all the campaign's), evaluate the new version against the original policy
 under the hidden rule itself (``training.simulate``), promote it, repeat.
 
 Everything runs in this process: the run is created without queueing a gpu task
@@ -115,10 +115,13 @@ def _bar(progress: bool, total: int, desc: str, unit: str):
 
 
 def simulate_rounds(*, campaign_id: int, rounds: int, pairs: int, rule: Rule, noise: float, kind: str = "dpo",
-                    config: dict | None = None, seed: int = 0, eval_prompts: int = 64,
+                    data_scope: str = TrainingRun.DataScope.ON_POLICY, config: dict | None = None, seed: int = 0, eval_prompts: int = 64,
                     progress: bool = False) -> Iterator[RoundReport]:
     """Run ``rounds`` turns of the loop, yielding each round's report as it ends. The original
-    policy is the campaign's active one at the start."""
+    policy is the campaign's active one at the start. ``data_scope`` on_policy (the default):
+    each round trains, from the current policy, on the pairs that policy sampled (iterated DPO);
+    all: on every preference so far (then later rounds re-learn earlier rounds' pairs from an
+    already-moved policy, and drift)."""
     from training.simulate import evaluate_by_rule
     from workers.sampling import campaign_sample_pairs, policy_load
     from workers.training_jobs import run_training
@@ -150,7 +153,7 @@ def simulate_rounds(*, campaign_id: int, rounds: int, pairs: int, rule: Rule, no
         minutes["vote"], t = (time.monotonic() - t) / 60, time.monotonic()
 
         run = services.training_run_create(campaign=campaign, kind=kind, config=config or {},
-                                           trigger=TrainingRun.Trigger.SHELL, dispatch=False)
+                                           trigger=TrainingRun.Trigger.SHELL, data_scope=data_scope, dispatch=False)
         bar = _bar(progress, 0, f"round {k}: {kind} run {run.pk}", "step")
 
         def step(done: int, total: int, bar=bar) -> None:

@@ -73,6 +73,15 @@ def retrain_due() -> list[int]:
     return [r.pk for r in runs]
 
 
+@shared_task(name="workers.tasks.sweep_stale", ignore_result=False, soft_time_limit=60, time_limit=120)
+def sweep_stale() -> dict:
+    """Beat, every 5 minutes: fail the runs and evaluations a lost worker left running."""
+    swept = services.stale_work_fail()
+    if swept.runs or swept.evaluations:
+        logger.warning("failed stale work: runs %s, evaluations %s", swept.runs, swept.evaluations)
+    return {"runs": swept.runs, "evaluations": swept.evaluations}
+
+
 @shared_task(name="workers.tasks.gpu_train", ignore_result=False, acks_late=True)
 def gpu_train(run_id: int) -> str:
     """Run a queued TrainingRun (gpu queue; the default task time limit of 6 h applies)."""

@@ -30,8 +30,10 @@ def artifacts_dir() -> Path:
 
 
 def _finish(run_id: int, status: str, **fields) -> str:
+    """Close the run; returns the status it ends with (a cancel or the stale sweep may have
+    decided it first)."""
     services.training_run_finish(run_id=run_id, status=status, **fields)
-    return status
+    return TrainingRun.objects.values_list("status", flat=True).get(pk=run_id)
 
 
 def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str:
@@ -49,24 +51,27 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     try:
         recipe = recipe_for(run.kind)
         cfg = config_from(recipe.config_cls, None, {**run.config, "model": run.base_version.spec})
-        records, problems = selectors.training_records(campaign=run.campaign) if run.campaign else ([], [])
+        on_policy = run.data_scope == TrainingRun.DataScope.ON_POLICY
+        records, problems = (selectors.training_records(campaign=run.campaign, sampled_by=run.base_version if on_policy else None)
+                             if run.campaign else ([], []))
         for problem in problems[:MAX_PROBLEMS_KEPT]:
             logger.warning("training run %s: unusable row, %s", run_id, problem)
         if not records:
-            raise ValueError("no training preferences in this campaign yet"
+            where = f"on pairs sampled by {run.base_version.name} (data scope on_policy)" if on_policy else "in this campaign"
+            raise ValueError(f"no training preferences {where} yet"
                              + (f" ({len(problems)} unusable; the first: {problems[0]})" if problems else ""))
         rows = recipe.rows_from_preferences(records)
     except Exception as exc:  # a config or data problem: the run records why
         return _finish(run_id, TrainingRun.Status.FAILED, error=str(exc))
-    data_manifest = {**manifest(records), "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
+    data_manifest = {**manifest(records), "scope": run.data_scope, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
     # A redelivered task (the worker died mid-run: acks_late) finds the run RUNNING and resumes
     # it from its last checkpoint in the same directory.
     if services.training_run_start(run_id=run_id, device=str(resolve_device(cfg.device)), data_manifest=data_manifest) is None:
         return TrainingRun.objects.get(pk=run_id).status
     out = artifacts_dir() / f"run-{run_id}"
 
-    def cancelled() -> bool:
-        return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.CANCELLED).exists()
+    def cancelled() -> bool:  # cancelled by an admin, or failed by the stale sweep: stop
+        return not TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.RUNNING).exists()
 
     seen: dict = {"now": None, "written": None, "at": float("-inf")}  # (step, total): last seen, last written
 

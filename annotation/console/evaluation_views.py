@@ -60,6 +60,20 @@ def evaluation_promote(request, evaluation_id: int):
 
 @console_view
 @require_POST
+def evaluation_cancel(request, evaluation_id: int):
+    _manager(request)
+    evaluation = _evaluation(request, evaluation_id)
+
+    def cancel():
+        services.evaluation_cancel(evaluation_id=evaluation.pk)
+        return f"Evaluation {evaluation.pk} cancelled."
+
+    _flash(request, cancel)
+    return redirect("console-evaluation", evaluation_id=evaluation.pk)
+
+
+@console_view
+@require_POST
 def evaluation_rollback(request, evaluation_id: int):
     """Undo the candidate's promotion, only while it is the promotion a roll-back undoes."""
     _manager(request)

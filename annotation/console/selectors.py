@@ -18,6 +18,7 @@ from training.recipes import RECIPES
 
 CONSOLE_PERMS = ("annotation.manage_training", "annotation.view_trainingrun")
 MAX_LINEAGE = 50  # parent links followed (a chain is one promotion per loop turn)
+EVALUATION_WAIT = timedelta(minutes=10)  # a finished run's page polls this long for its evaluation to be queued
 
 
 def console_allowed(*, user: AbstractBaseUser) -> bool:
@@ -157,14 +158,22 @@ def training_runs_config_diff(*, a: TrainingRun, b: TrainingRun) -> list[ConfigR
 
 
 def training_run_summary(*, run: TrainingRun) -> dict:
-    """What the run page's live block shows (also as JSON while it polls)."""
+    """What the run page's live block shows (also as JSON while it polls). ``watch``: the page
+    keeps polling while the run is active, and after it while the new policy's evaluation is
+    awaited (queued after the run, for up to EVALUATION_WAIT) or running, so its decision
+    shows up without a reload."""
     outputs = list(run.outputs.all())
     output = outputs[0] if outputs else None
+    evaluation = model_version_evaluation(version=output, campaign=run.campaign) if output else None
+    active = run.status in TrainingRun.ACTIVE
+    awaited = (output is not None and output.kind == ModelVersion.Kind.POLICY and run.campaign_id is not None and (
+        evaluation.status in Evaluation.ACTIVE if evaluation is not None
+        else run.finished_at is not None and timezone.now() - run.finished_at < EVALUATION_WAIT))
     return {
-        "id": run.pk, "status": run.status, "active": run.status in TrainingRun.ACTIVE,
+        "id": run.pk, "status": run.status, "active": active, "watch": active or awaited,
         "step": run.step, "total_steps": run.total_steps, "eta_seconds": selectors.training_run_eta_seconds(run=run),
         "output": output,
-        "evaluation": model_version_evaluation(version=output, campaign=run.campaign) if output else None,
+        "evaluation": evaluation,
     }
 
 

@@ -11,6 +11,7 @@ urlpatterns = [
     path("runs/<int:run_id>/cancel/", views.run_cancel, name="console-run-cancel"),
     path("evaluations/<int:evaluation_id>/", evaluation_views.evaluation, name="console-evaluation"),
     path("evaluations/<int:evaluation_id>/promote/", evaluation_views.evaluation_promote, name="console-evaluation-promote"),
+    path("evaluations/<int:evaluation_id>/cancel/", evaluation_views.evaluation_cancel, name="console-evaluation-cancel"),
     path("evaluations/<int:evaluation_id>/rollback/", evaluation_views.evaluation_rollback, name="console-evaluation-rollback"),
     path("<slug:slug>/", views.campaign, name="console-campaign"),
     path("<slug:slug>/run-form/", views.run_form, name="console-run-form"),

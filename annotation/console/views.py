@@ -69,7 +69,8 @@ def campaigns(request):
     return render(request, "console/campaigns.html", {"campaigns": console.console_campaigns(user=request.user)})
 
 
-def _start_form(campaign, *, kind: str = DEFAULT_KIND, values=None, errors=None, base: str = "") -> dict:
+def _start_form(campaign, *, kind: str = DEFAULT_KIND, values=None, errors=None, base: str = "",
+                scope: str = TrainingRun.DataScope.ALL) -> dict:
     recipe = RECIPES.get(kind) or RECIPES[DEFAULT_KIND]
     return {
         "kind": recipe.kind,
@@ -77,6 +78,8 @@ def _start_form(campaign, *, kind: str = DEFAULT_KIND, values=None, errors=None,
         "fields": config_form.config_fields(recipe.config_cls, values=values, errors=errors),
         "errors": errors or {},
         "base": base,  # "": the campaign's active policy
+        "scopes": TrainingRun.DataScope.choices,
+        "scope": scope,
     }
 
 
@@ -121,6 +124,7 @@ def run_start(request, slug: str):
     _manager(request)
     campaign = _campaign(request, slug)
     kind, base_name = request.POST.get("kind", ""), request.POST.get("base_version", "")
+    scope = request.POST.get("data_scope") or TrainingRun.DataScope.ALL
     values = config_form.submitted_values(request.POST)
     recipe = RECIPES.get(kind)
     try:
@@ -130,14 +134,15 @@ def run_start(request, slug: str):
         run = services.training_run_create(
             campaign=campaign, kind=kind, config=config_form.config_from_form(recipe.config_cls, values),
             base_version=base, created_by=request.user, trigger=TrainingRun.Trigger.CONSOLE,
+            data_scope=scope,
         )
     except ApplicationError as exc:
         field = exc.details.get("field", "form")
         if field == "config" and recipe is not None:
             field = config_form.config_error_field(exc.message, recipe.config_cls) or "config"
-        elif field not in ("kind", "base_version"):
+        elif field not in ("kind", "base_version", "data_scope"):
             field = "form"  # shown above the form
-        form = _start_form(campaign, kind=kind, values=values, errors={field: exc.message}, base=base_name)
+        form = _start_form(campaign, kind=kind, values=values, errors={field: exc.message}, base=base_name, scope=scope)
         if isinstance(exc, Conflict) and "run_id" in exc.details:
             form["conflict_run"] = exc.details["run_id"]
         return _overview(request, campaign, form=form, status=exc.status)

@@ -63,6 +63,10 @@ class Campaign(models.Model):
     gate_max_kl = models.FloatField(
         null=True, blank=True, help_text="...and its KL to the original model is at most this (nats). Empty: no limit.",
     )
+    gate_min_prompts = models.PositiveIntegerField(
+        default=16, help_text="...and at least this many eval prompts were answered: a win rate over a handful of prompts "
+        "proves little (6 prompts at 4 wins: 95% interval 0.30-0.90), so fewer leaves it to an admin.",
+    )
     # The retrain policy is its own row (RetrainPolicy, campaign.retrain_policy); promotions: campaign.promotions.
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -71,8 +75,8 @@ class Campaign(models.Model):
             models.CheckConstraint(condition=Q(votes_per_pair__gte=1), name="campaign_votes_per_pair_gte_1"),
             models.CheckConstraint(condition=Q(gold_rate__gte=0) & Q(gold_rate__lte=1), name="campaign_gold_rate_0_1"),
             models.CheckConstraint(condition=Q(lease_minutes__gte=1), name="campaign_lease_minutes_gte_1"),
-            models.CheckConstraint(condition=Q(gate_min_win_rate__isnull=True) | Q(gate_min_win_rate__gte=0),
-                                   name="campaign_gate_min_win_rate_gte_0"),
+            models.CheckConstraint(condition=Q(gate_min_win_rate__isnull=True) | (Q(gate_min_win_rate__gte=0) & Q(gate_min_win_rate__lte=1)),
+                                   name="campaign_gate_min_win_rate_0_1"),
             models.CheckConstraint(condition=Q(gate_max_kl__isnull=True) | Q(gate_max_kl__gte=0), name="campaign_gate_max_kl_gte_0"),
         ]
 

@@ -22,6 +22,7 @@ class Evaluation(models.Model):
         RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        CANCELLED = "cancelled"
 
     class Trigger(models.TextChoices):
         RUN = "run", "After a training run"

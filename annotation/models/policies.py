@@ -20,6 +20,8 @@ class RetrainPolicy(models.Model):
     enabled = models.BooleanField(default=True)
     kind = models.CharField(max_length=16, choices=TrainingRun.Kind.choices, default=TrainingRun.Kind.DPO)
     config = models.JSONField(default=dict, blank=True, help_text='Trainer config overrides, e.g. {"beta": 0.1, "epochs": 1}.')
+    data_scope = models.CharField(max_length=16, choices=TrainingRun.DataScope.choices, default=TrainingRun.DataScope.ALL,
+                                  help_text="The runs' training data (see TrainingRun.data_scope).")
     every_n_preferences = models.PositiveIntegerField(
         default=256, help_text="New training preferences since the last successful run of this kind that make a run due."
     )

@@ -84,11 +84,20 @@ class TrainingRun(models.Model):
         SHELL = "shell"
         PERIODIC = "periodic"
 
+    class DataScope(models.TextChoices):
+        ALL = "all", "all the campaign's training preferences"
+        ON_POLICY = "on_policy", "on-policy: preferences on pairs the base version sampled"
+
     ACTIVE = (Status.QUEUED, Status.RUNNING)
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     campaign = models.ForeignKey("Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs")
     config = models.JSONField(default=dict, blank=True)
+    data_scope = models.CharField(
+        max_length=16, choices=DataScope.choices, default=DataScope.ALL,
+        help_text="Which preferences it trains on: all of them, or only those on pairs the base version sampled "
+        "(iterated / online DPO: each round learns from its own policy's samples).",
+    )
     data_manifest = models.JSONField(default=dict, blank=True, help_text="Which preferences, and their hash.")
     base_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="training_runs_from")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
@@ -100,6 +109,7 @@ class TrainingRun(models.Model):
     total_steps = models.PositiveIntegerField(null=True, blank=True, help_text="Optimiser steps planned (known once it runs).")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Its worker's last sign of life (progress or metrics).")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -11,6 +11,7 @@ from annotation.services.campaigns import (
     response_get_or_create_text,
 )
 from annotation.services.evaluations import (
+    evaluation_cancel,
     evaluation_create,
     evaluation_fail,
     evaluation_finish,
@@ -37,12 +38,14 @@ from annotation.services.training_runs import (
     training_run_progress,
     training_run_start,
 )
+from annotation.services.sweeps import Swept, stale_work_fail
 from annotation.services.votes import Aggregate, VoteResult, vote_submit, votes_aggregate
 
 __all__ = [
     "Aggregate",
     "ImportReport",
     "SampledText",
+    "Swept",
     "VoteResult",
     "assignment_next",
     "assignment_skip",
@@ -55,6 +58,7 @@ __all__ = [
     "campaign_refill_release",
     "comparison_create",
     "comparisons_create_sampled",
+    "evaluation_cancel",
     "evaluation_create",
     "evaluation_fail",
     "evaluation_finish",
@@ -70,6 +74,7 @@ __all__ = [
     "response_get_or_create_text",
     "retrain_policies_trigger",
     "retrain_policy_trigger",
+    "stale_work_fail",
     "training_run_cancel",
     "training_run_create",
     "training_run_finish",

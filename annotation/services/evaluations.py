@@ -94,6 +94,23 @@ def evaluation_fail(*, evaluation_id: int, error: str) -> Evaluation:
     return evaluation
 
 
+def evaluation_cancel(*, evaluation_id: int) -> Evaluation:
+    """Cancel a queued or running evaluation: its worker's figures, when they come, are not
+    stored and the gate is not applied. Cancelling a cancelled one changes nothing; a finished
+    one is a Conflict."""
+    with transaction.atomic():
+        evaluation = Evaluation.objects.select_for_update().filter(pk=evaluation_id).first()
+        if evaluation is None:
+            raise NotFound(f"No evaluation {evaluation_id}.")
+        if evaluation.status in (Evaluation.Status.SUCCEEDED, Evaluation.Status.FAILED):
+            raise Conflict(f"Evaluation {evaluation_id} already {evaluation.status}; there is nothing to cancel.",
+                           details={"status": evaluation.status})
+        if evaluation.status in Evaluation.ACTIVE:
+            evaluation.status, evaluation.finished_at = Evaluation.Status.CANCELLED, timezone.now()
+            evaluation.save(update_fields=["status", "finished_at"])
+    return evaluation
+
+
 def _number(value):
     if value is None:
         return None
@@ -101,12 +118,16 @@ def _number(value):
     return value if math.isfinite(value) else None
 
 
-def gate_check(*, win_rate: float | None, kl: float | None, min_win_rate: float | None, max_kl: float | None) -> tuple[str, str]:
-    """(decision, reason): ``promoted`` when win_rate ≥ min_win_rate and (no KL limit or
-    kl ≤ max_kl), ``held`` otherwise, ``no_gate`` when there is no minimum win rate."""
+def gate_check(*, win_rate: float | None, kl: float | None, min_win_rate: float | None, max_kl: float | None,
+               n_prompts: int = 0, min_prompts: int = 0) -> tuple[str, str]:
+    """(decision, reason): ``promoted`` when win_rate ≥ min_win_rate, (no KL limit or
+    kl ≤ max_kl) and n_prompts ≥ min_prompts, ``held`` otherwise, ``no_gate`` when there is no
+    minimum win rate."""
     if min_win_rate is None:
         return Evaluation.Decision.NO_GATE, "the campaign has no gate: an admin decides"
     fails = []
+    if n_prompts < min_prompts:
+        fails.append(f"{n_prompts} eval prompts < {min_prompts}")
     if win_rate is None or not win_rate >= min_win_rate:
         fails.append(f"win rate {win_rate:.3g} < {min_win_rate:.3g}" if win_rate is not None else "no win rate")
     if max_kl is not None and (kl is None or not kl <= max_kl):
@@ -134,7 +155,8 @@ def evaluation_finish(*, evaluation_id: int, figures: dict, reference: ModelVers
         evaluation.reference, evaluation.reward_model = reference, reward_model
         evaluation.status, evaluation.finished_at = Evaluation.Status.SUCCEEDED, timezone.now()
         decision, reason = gate_check(win_rate=evaluation.win_rate, kl=evaluation.kl,
-                                      min_win_rate=campaign.gate_min_win_rate, max_kl=campaign.gate_max_kl)
+                                      min_win_rate=campaign.gate_min_win_rate, max_kl=campaign.gate_max_kl,
+                                      n_prompts=evaluation.n_prompts, min_prompts=campaign.gate_min_prompts)
         if decision == Evaluation.Decision.PROMOTED and campaign.policy_id != evaluation.baseline_id:
             decision, reason = Evaluation.Decision.HELD, (
                 "the active policy changed while it ran (it no longer is the baseline): evaluate again; an admin decides")

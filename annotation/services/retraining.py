@@ -46,7 +46,8 @@ def retrain_policy_trigger(*, policy_id: int, now: datetime | None = None) -> Tr
             return None
         try:
             run = training_run_create(
-                campaign=policy.campaign, kind=policy.kind, config=policy.config, trigger=TrainingRun.Trigger.PERIODIC
+                campaign=policy.campaign, kind=policy.kind, config=policy.config, trigger=TrainingRun.Trigger.PERIODIC,
+                data_scope=policy.data_scope,
             )
         except Conflict:  # a run of this kind was started by someone else meanwhile
             return None

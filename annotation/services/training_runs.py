@@ -25,16 +25,22 @@ def training_run_create(
     base_version: ModelVersion | None = None,
     created_by: AbstractBaseUser | None = None,
     trigger: str = TrainingRun.Trigger.SHELL,
+    data_scope: str = TrainingRun.DataScope.ALL,
     dispatch: bool = True,
 ) -> TrainingRun:
     """Queue a training run on the campaign's preferences, from ``base_version`` (default: the
     campaign's active policy). Kind and config are checked here against the trainer's config
-    dataclass (torch-free), so a typo is refused before anything is queued. A campaign has at
+    dataclass (torch-free), so a typo is refused before anything is queued. ``data_scope``: all
+    the campaign's training preferences, or ``on_policy`` (those on pairs the base version
+    sampled). A campaign has at
     most one queued or running run per kind (a database constraint): a second is a Conflict
     naming the first. ``dispatch=False``: nothing is queued, the caller trains it in its own
     process (``simulate_loop``), so no gpu worker picks it up as well."""
     if trigger not in TrainingRun.Trigger.values:
         raise InvalidInput(f"Unknown trigger {trigger!r}; known: {', '.join(TrainingRun.Trigger.values)}.", details={"field": "trigger"})
+    if data_scope not in TrainingRun.DataScope.values:
+        raise InvalidInput(f"Unknown data scope {data_scope!r}; known: {', '.join(TrainingRun.DataScope.values)}.",
+                           details={"field": "data_scope"})
     config = {} if config is None else config
     try:
         validate_run_config(kind, config)
@@ -50,7 +56,8 @@ def training_run_create(
         try:
             with transaction.atomic():  # a savepoint: a caller's transaction survives the refusal
                 run = TrainingRun.objects.create(
-                    kind=kind, campaign=campaign, config=config, base_version=base, created_by=user, trigger=trigger
+                    kind=kind, campaign=campaign, config=config, base_version=base, created_by=user, trigger=trigger,
+                    data_scope=data_scope,
                 )
         except IntegrityError:
             active = selectors.training_run_active_id(campaign=campaign, kind=kind)
@@ -86,14 +93,17 @@ def training_run_start(*, run_id: int, device: str, data_manifest: dict) -> Trai
             return None
         run.status, run.device, run.data_manifest = TrainingRun.Status.RUNNING, device, data_manifest
         run.started_at = run.started_at or timezone.now()
-        run.save(update_fields=["status", "device", "data_manifest", "started_at"])
+        run.heartbeat_at = timezone.now()
+        run.save(update_fields=["status", "device", "data_manifest", "started_at", "heartbeat_at"])
     return run
 
 
 def training_run_progress(*, run_id: int, step: int, total_steps: int) -> None:
     """Record how far a run is: ``step`` of ``total_steps`` optimiser steps (pages, API and
-    ``manage.py train --wait`` show it; ETA from the ``seconds_per_step`` metric)."""
-    TrainingRun.objects.filter(pk=run_id).update(step=max(0, int(step)), total_steps=max(0, int(total_steps)))
+    ``manage.py train --wait`` show it; ETA from the ``seconds_per_step`` metric), and that its
+    worker is alive (``heartbeat_at``, read by the stale sweep)."""
+    TrainingRun.objects.filter(pk=run_id).update(step=max(0, int(step)), total_steps=max(0, int(total_steps)),
+                                                 heartbeat_at=timezone.now())
 
 
 def _metric_value(name: str, value) -> float | None:
@@ -151,6 +161,8 @@ def training_run_finish(
     run's base version), in the same transaction."""
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().select_related("base_version").get(pk=run_id)
+        if run.status in (TrainingRun.Status.FAILED, TrainingRun.Status.SUCCEEDED):
+            return None  # failed by the stale sweep (or a second delivery): the first outcome stands, nothing registered
         if run.status == TrainingRun.Status.CANCELLED:
             status = TrainingRun.Status.CANCELLED  # cancelled while it ran or failed: what the admin asked for stands
         run.status, run.error, run.finished_at = status, error[:MAX_RUN_ERROR_CHARS], timezone.now()

@@ -155,11 +155,11 @@ SPECTACULAR_SETTINGS = {
     # Two "kind" choice sets: every run kind a stored run may have, and the kinds that can be started.
     "ENUM_NAME_OVERRIDES": {
         "TrainingRunKindEnum": "annotation.models.TrainingRun.Kind",
+        "DataScopeEnum": "annotation.models.TrainingRun.DataScope",
         "RecipeKindEnum": "annotation.api_runs.RECIPE_KINDS",
-        # Runs and evaluations both have a status and a trigger, each its own set.
-        "TrainingRunStatusEnum": "annotation.models.TrainingRun.Status",
+        # Runs and evaluations have the same statuses (one enum) and each its own triggers.
+        "WorkStatusEnum": "annotation.models.TrainingRun.Status",
         "TrainingRunTriggerEnum": "annotation.models.TrainingRun.Trigger",
-        "EvaluationStatusEnum": "annotation.models.Evaluation.Status",
         "EvaluationTriggerEnum": "annotation.models.Evaluation.Trigger",
     },
 }
@@ -216,6 +216,8 @@ CELERY_BEAT_SCHEDULE = {
     "refill-buffers": {"task": "workers.tasks.refill_buffers", "schedule": 30.0},
     # Starts a run for each campaign whose RetrainPolicy is due (once, even with two beats).
     "retrain-due": {"task": "workers.tasks.retrain_due", "schedule": 60.0},
+    # Fails runs and evaluations left running by a lost worker (PREFLOOP["WORK_STALE_MINUTES"]).
+    "sweep-stale": {"task": "workers.tasks.sweep_stale", "schedule": 300.0},
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -232,6 +234,9 @@ PREFLOOP = {
     "DEFAULT_POLICY": env.str("PREFLOOP_DEFAULT_POLICY", default="smollm2-135m-instruct"),
     # A buffer refill not finished after this long (a worker died) no longer blocks the next one.
     "REFILL_STALE_MINUTES": env.int("PREFLOOP_REFILL_STALE_MINUTES", default=60),
+    # A running training run or evaluation whose worker gave no sign of life for this long
+    # (a run writes its progress every second or so) is failed by the beat task sweep_stale.
+    "WORK_STALE_MINUTES": env.int("PREFLOOP_WORK_STALE_MINUTES", default=60),
     # Where training runs write checkpoints and final models (one run-<id> directory each).
     "ARTIFACTS_DIR": env.str("PREFLOOP_ARTIFACTS_DIR", default=str(VAR_DIR / "artifacts")),
 }

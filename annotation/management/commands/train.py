@@ -1,4 +1,4 @@
-"""python manage.py train --campaign SLUG --kind dpo [key=value ...] [--base VERSION] [--wait]
+"""python manage.py train --campaign SLUG --kind dpo [key=value ...] [--base VERSION] [--data on_policy] [--wait]
 
 Queues a training run (trigger ``shell``) through the same service as the API and the console;
 a gpu worker trains it. With ``--wait``, follows the run in the database with a progress bar of
@@ -42,16 +42,18 @@ class Command(BaseCommand):
         parser.add_argument("--campaign", required=True, help="campaign slug")
         parser.add_argument("--kind", required=True, choices=sorted(RECIPES))
         parser.add_argument("--base", help="model version name to train from (default: the campaign's active policy)")
+        parser.add_argument("--data", choices=TrainingRun.DataScope.values, default=TrainingRun.DataScope.ALL,
+                            help="all training preferences, or on_policy: only those on pairs the base version sampled")
         parser.add_argument("--wait", action="store_true", help="follow the run until it ends; exit 1 unless it succeeded")
         parser.add_argument("--poll", type=float, default=2.0, help="seconds between looks at the run (with --wait)")
 
-    def handle(self, *args, overrides, campaign, kind, base, wait, poll, **options):
+    def handle(self, *args, overrides, campaign, kind, base, data, wait, poll, **options):
         camp = campaign_or_error(campaign)
         config = typed_overrides(kind, overrides)
         with command_errors():
             base_version = model_version_named(name=base) if base else None
             run = training_run_create(campaign=camp, kind=kind, config=config, base_version=base_version,
-                                      trigger=TrainingRun.Trigger.SHELL)
+                                      trigger=TrainingRun.Trigger.SHELL, data_scope=data)
         self.stdout.write(f"Run {run.pk} queued: {kind} on '{camp.slug}' from {run.base_version.name}.")
         if wait:
             self.follow(run.pk, poll=max(0.05, poll))

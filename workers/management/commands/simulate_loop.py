@@ -1,5 +1,5 @@
 """python manage.py simulate_loop --campaign SLUG --rounds 3 --rule concise [--pairs 256] [--noise 0.2]
-[--kind dpo] [--config key=value ...] [--seed 0] [--eval-prompts 64]
+[--kind dpo] [--data on_policy] [--config key=value ...] [--seed 0] [--eval-prompts 64]
 
 The whole loop in this process with simulated annotators following a hidden rule
 (``workers.simulate``); prints each round's figures under the rule, against the original policy."""
@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.management.commands._common import campaign_or_error, command_errors
 from annotation.management.commands.train import typed_overrides
+from annotation.models import TrainingRun
 from training.rules import RULES, rule_from_spec
 from workers.simulate import POLICY_KINDS, SimulationError, simulate_rounds
 
@@ -38,12 +39,15 @@ class Command(BaseCommand):
         parser.add_argument("--pairs", type=int, default=256, help="pairs sampled per round")
         parser.add_argument("--noise", type=float, default=0.2, help="probability a vote is a coin flip instead of the rule")
         parser.add_argument("--kind", default="dpo", choices=POLICY_KINDS, help="training kind per round")
+        parser.add_argument("--data", choices=TrainingRun.DataScope.values, default=TrainingRun.DataScope.ON_POLICY,
+                            help="each round trains on the pairs its own policy sampled (on_policy, the default) or on "
+                            "all the campaign's preferences (all)")
         parser.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                             help="trainer config fields (unknown keys are errors)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--eval-prompts", type=int, default=64, help="eval-split prompts answered per evaluation")
 
-    def handle(self, *args, campaign, rounds, rule, pairs, noise, kind, config, seed, eval_prompts, **options):
+    def handle(self, *args, campaign, rounds, rule, pairs, noise, kind, data, config, seed, eval_prompts, **options):
         camp = campaign_or_error(campaign)
         try:
             rule_fn = rule_from_spec(rule)
@@ -55,11 +59,11 @@ class Command(BaseCommand):
             raise CommandError("--noise must be in [0, 1].")
         overrides = typed_overrides(kind, config)
         self.stdout.write(f"Simulating {rounds} round(s) on '{camp.slug}': rule {rule}, {pairs} pairs per round, "
-                          f"{camp.votes_per_pair} simulated annotators per pair, noise {noise}, {kind}, seed {seed}.")
+                          f"{camp.votes_per_pair} simulated annotators per pair, noise {noise}, {kind} on {data} data, seed {seed}.")
         try:
             with command_errors():
                 for report in simulate_rounds(campaign_id=camp.pk, rounds=rounds, pairs=pairs, rule=rule_fn, noise=noise,
-                                              kind=kind, config=overrides, seed=seed, eval_prompts=eval_prompts,
+                                              kind=kind, data_scope=data, config=overrides, seed=seed, eval_prompts=eval_prompts,
                                               progress=True):
                     self.stdout.write(round_line(report))
                     self.stdout.flush()
