@@ -17,6 +17,7 @@ from annotation.models import (
     Comparison,
     Evaluation,
     GuidelineVersion,
+    Judge,
     ModelVersion,
     PolicyPromotion,
     Preference,
@@ -52,6 +53,8 @@ class CampaignForm(forms.ModelForm):
         if self.instance.pk:
             current = selectors.campaign_guideline(campaign=self.instance)
             self.fields["guideline"].initial = current.text if current else ""
+        if "training_judge" in self.fields:  # only this campaign's own judges
+            self.fields["training_judge"].queryset = Judge.objects.filter(campaign_id=self.instance.pk or 0)
 
 
 class GuidelineInline(admin.TabularInline):
@@ -70,9 +73,18 @@ class RetrainPolicyInline(admin.StackedInline):
     """The campaign's periodic retraining (the config is checked against the trainer's on save)."""
 
     model = RetrainPolicy
-    fields = ("enabled", "kind", "config", "every_n_preferences", "min_interval_minutes")
+    fields = ("enabled", "kind", "config", "data_scope", "every_n_preferences", "min_interval_minutes")
     extra = 0
     max_num = 1
+
+
+class JudgeInline(admin.TabularInline):
+    """The campaign's AI judges (``annotation.models.Judge``); their votes: ``manage.py judge``,
+    the API's ``/judges/<name>/run/``."""
+
+    model = Judge
+    extra = 0
+    fields = ("name", "kind", "model", "base_url", "api_key_env", "both_orders", "batch_size", "concurrency", "enabled")
 
 
 @admin.register(Campaign)
@@ -80,7 +92,7 @@ class CampaignAdmin(admin.ModelAdmin):
     form = CampaignForm
     list_display = ("slug", "name", "is_active", "policy", "arena_policy", "buffer_size", "votes_per_pair", "gold_rate", "created_at")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = [GuidelineInline, RetrainPolicyInline]
+    inlines = [GuidelineInline, RetrainPolicyInline, JudgeInline]
     actions = ["export_preferences", "sample_pairs_now"]
 
     def get_readonly_fields(self, request, obj=None):

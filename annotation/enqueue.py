@@ -11,9 +11,10 @@ from __future__ import annotations
 from webapp.celery import app
 
 
-def enqueue(task: str, *args) -> None:
-    """Send ``workers.tasks.<task>(*args)`` to its queue."""
-    app.send_task(f"workers.tasks.{task}", args=list(args))
+def enqueue(task: str, *args, queue: str | None = None) -> None:
+    """Send ``workers.tasks.<task>(*args)`` to its queue (``queue``: this one instead of the route's)."""
+    options = {"queue": queue} if queue else {}
+    app.send_task(f"workers.tasks.{task}", args=list(args), **options)
 
 
 def gpu_train(run_id: int) -> None:
@@ -26,3 +27,9 @@ def sample_pairs(campaign_id: int, n: int) -> None:
 
 def gpu_evaluate(evaluation_id: int) -> None:
     enqueue("gpu_evaluate", evaluation_id)
+
+
+def judge_pending(campaign_id: int, judge_id: int, *, remote: bool) -> None:
+    """A judge's pending comparisons: on the gpu queue for a local or reward model, on the
+    default queue for an endpoint (``remote``), which needs no model on this side."""
+    enqueue("judge_pending", campaign_id, judge_id, queue=None if remote else "gpu")

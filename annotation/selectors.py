@@ -27,6 +27,7 @@ from annotation.models import (
     TrainingRun,
     Vote,
 )
+from annotation.quality import judge_gate
 from training.formats import FormatError, PreferenceRecord, trl_preference, trl_row
 
 
@@ -105,7 +106,8 @@ def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False) -> I
     )
     if with_meta:
         qs = qs.prefetch_related(
-            Prefetch("comparison__votes", queryset=Vote.objects.exclude(rationale="").order_by("pk"), to_attr="with_rationale")
+            Prefetch("comparison__votes", queryset=Vote.objects.exclude(rationale="").order_by("pk"), to_attr="with_rationale"),
+            Prefetch("comparison__votes", queryset=Vote.objects.exclude(judge="").order_by("pk"), to_attr="judge_votes"),
         )
     for pref in qs.iterator(chunk_size=500):
         meta = None
@@ -114,6 +116,7 @@ def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False) -> I
             meta = {
                 "preference_id": pref.pk,
                 "source": pref.source,
+                "judges": [v.judge for v in comparison.judge_votes] if comparison else [],
                 "votes": pref.n_votes,
                 "agreement": pref.agreement,
                 "margin": pref.margin,
@@ -173,8 +176,12 @@ def training_records(*, campaign: Campaign, sampled_by: ModelVersion | None = No
     """The campaign's preferences on training prompts (eval prompts stay held out), in
     primary-key order, as the records the trainers read; and one reason per stored preference
     that cannot be trained on ("preference 17: chosen is empty"), so none is dropped unseen.
-    ``sampled_by``: only preferences whose two responses that version sampled (on-policy)."""
+    ``sampled_by``: only preferences whose two responses that version sampled (on-policy).
+    Preferences an AI judge made (source ``ai``) count only while the judge gate is open
+    (``annotation.quality.judge_gate``)."""
     rows = Preference.objects.filter(campaign=campaign, prompt__split=Prompt.Split.TRAIN)
+    if not judge_gate(campaign=campaign)["open"]:
+        rows = rows.exclude(source=Preference.Source.AI)  # an AI judge's preferences train only while its gate is open
     if sampled_by is not None:
         rows = rows.filter(chosen__model_version=sampled_by, rejected__model_version=sampled_by)
     rows = (

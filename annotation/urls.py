@@ -1,6 +1,6 @@
 from django.urls import include, path
 
-from annotation import api, api_evaluations, api_runs, views
+from annotation import api, api_evaluations, api_quality, api_runs, views
 
 api_urls = [
     path("campaigns/", api.CampaignListApi.as_view(), name="api-campaigns"),
@@ -21,6 +21,10 @@ api_urls = [
     path("evaluations/<int:evaluation_id>/", api_evaluations.EvaluationDetailApi.as_view(), name="api-evaluation"),
     path("evaluations/<int:evaluation_id>/cancel/", api_evaluations.EvaluationCancelApi.as_view(), name="api-evaluation-cancel"),
     path("promotions/", api_runs.PromotionListApi.as_view(), name="api-promotions"),
+    path("campaigns/<slug:slug>/quality/", api_quality.CampaignQualityApi.as_view(), name="api-quality"),
+    path("campaigns/<slug:slug>/judges/", api_quality.JudgeListApi.as_view(), name="api-judges"),
+    path("campaigns/<slug:slug>/leaderboard/", api_quality.LeaderboardApi.as_view(), name="api-leaderboard"),
+    path("campaigns/<slug:slug>/judges/<slug:name>/run/", api_quality.JudgeRunApi.as_view(), name="api-judge-run"),
 ]
 
 page_urls = [

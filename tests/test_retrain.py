@@ -146,7 +146,7 @@ def test_retrain_policy_inline_in_the_campaign_admin(campaign, admin_user):
         "guidelines-0-id": campaign.guidelines.get().pk, "guidelines-0-campaign": campaign.pk,
         **NO_RETRAIN_POLICY, "retrain_policy-TOTAL_FORMS": 1, "retrain_policy-0-enabled": "on", "retrain_policy-0-kind": "dpo",
         "retrain_policy-0-config": '{"betta": 1}', "retrain_policy-0-every_n_preferences": 100,
-        "retrain_policy-0-min_interval_minutes": 30,
+        "retrain_policy-0-min_interval_minutes": 30, "retrain_policy-0-data_scope": "on_policy",
     })
     r = c.post(f"/admin/annotation/campaign/{campaign.pk}/change/", data)
     assert r.status_code == 200 and "unknown config key(s) for DPOConfig: betta" in r.content.decode()
@@ -155,3 +155,4 @@ def test_retrain_policy_inline_in_the_campaign_admin(campaign, admin_user):
     assert r.status_code == 302
     policy = RetrainPolicy.objects.get(campaign=campaign)
     assert (policy.kind, policy.config, policy.every_n_preferences, policy.min_interval_minutes) == ("dpo", {"beta": 0.3}, 100, 30)
+    assert policy.data_scope == "on_policy"

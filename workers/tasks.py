@@ -73,6 +73,23 @@ def retrain_due() -> list[int]:
     return [r.pk for r in runs]
 
 
+@shared_task(name="workers.tasks.judge_pending", ignore_result=False, acks_late=True)
+def judge_pending(campaign_id: int, judge_id: int) -> dict:
+    """Let a campaign's AI judge vote on every comparison it has not voted on (the gpu queue for
+    local and reward judges, the default queue for endpoint judges: ``annotation.enqueue``).
+    A second delivery judges only what is still pending."""
+    from annotation.models import Judge
+    from workers.judging import JudgeUnavailable, run_judge
+
+    if not Judge.objects.filter(pk=judge_id, campaign_id=campaign_id, enabled=True).exists():
+        return {"skipped": "no such enabled judge in this campaign"}
+    try:
+        return run_judge(judge_id=judge_id).as_dict()
+    except JudgeUnavailable as exc:
+        logger.warning("judge %s: %s", judge_id, exc)
+        return {"error": str(exc)}
+
+
 @shared_task(name="workers.tasks.sweep_stale", ignore_result=False, soft_time_limit=60, time_limit=120)
 def sweep_stale() -> dict:
     """Beat, every 5 minutes: fail the runs and evaluations a lost worker left running."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from annotation import selectors, services
+from annotation.quality import judge_gate
 from annotation.models import Campaign, Evaluation, ModelVersion, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -63,7 +64,8 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
         rows = recipe.rows_from_preferences(records)
     except Exception as exc:  # a config or data problem: the run records why
         return _finish(run_id, TrainingRun.Status.FAILED, error=str(exc))
-    data_manifest = {**manifest(records), "scope": run.data_scope, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
+    gate = judge_gate(campaign=run.campaign)["reason"] if run.campaign else None
+    data_manifest = {**manifest(records), "scope": run.data_scope, "judge_gate": gate, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
     # A redelivered task (the worker died mid-run: acks_late) finds the run RUNNING and resumes
     # it from its last checkpoint in the same directory.
     if services.training_run_start(run_id=run_id, device=str(resolve_device(cfg.device)), data_manifest=data_manifest) is None:

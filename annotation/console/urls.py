@@ -1,6 +1,6 @@
 from django.urls import path
 
-from annotation.console import evaluation_views, views
+from annotation.console import evaluation_views, quality_views, views
 
 urlpatterns = [
     path("", views.campaigns, name="console"),
@@ -14,6 +14,9 @@ urlpatterns = [
     path("evaluations/<int:evaluation_id>/cancel/", evaluation_views.evaluation_cancel, name="console-evaluation-cancel"),
     path("evaluations/<int:evaluation_id>/rollback/", evaluation_views.evaluation_rollback, name="console-evaluation-rollback"),
     path("<slug:slug>/", views.campaign, name="console-campaign"),
+    path("<slug:slug>/quality/", quality_views.quality, name="console-quality"),
+    path("<slug:slug>/leaderboard/", quality_views.leaderboard, name="console-leaderboard"),
+    path("<slug:slug>/judges/<slug:name>/run/", quality_views.judge_run, name="console-judge-run"),
     path("<slug:slug>/run-form/", views.run_form, name="console-run-form"),
     path("<slug:slug>/runs/", views.run_start, name="console-run-start"),
     path("<slug:slug>/promote/", views.promote, name="console-promote"),

@@ -5,6 +5,7 @@ models' constraints; logic lives in services."""
 from annotation.models.campaigns import Campaign, Choice, GuidelineVersion, Prompt, Strength, validate_sampling_params
 from annotation.models.evaluations import Evaluation
 from annotation.models.items import Assignment, Comparison, Preference, Response, Vote
+from annotation.models.judges import Judge
 from annotation.models.policies import PolicyPromotion, RetrainPolicy
 from annotation.models.runs import ModelVersion, TrainingMetric, TrainingRun, validate_run_config
 
@@ -15,6 +16,7 @@ __all__ = [
     "Comparison",
     "Evaluation",
     "GuidelineVersion",
+    "Judge",
     "ModelVersion",
     "PolicyPromotion",
     "Preference",

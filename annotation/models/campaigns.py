@@ -5,6 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
+
 class Choice(models.TextChoices):
     A = "a", "A better"
     B = "b", "B better"
@@ -67,6 +68,19 @@ class Campaign(models.Model):
         default=16, help_text="...and at least this many eval prompts were answered: a win rate over a handful of prompts "
         "proves little (6 prompts at 4 wins: 95% interval 0.30-0.90), so fewer leaves it to an admin.",
     )
+    # The judge gate: which AI judge's votes may become training preferences, and while when.
+    training_judge = models.ForeignKey(
+        "Judge", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The AI judge whose verdicts become preferences (source ai) on comparisons people have not decided. "
+        "Empty: judges never train anything.",
+    )
+    judge_gate_min_agreement = models.FloatField(
+        default=0.7, help_text="Its preferences enter training data only while its agreement with people's majority "
+        "(on comparisons both labelled) is at least this...",
+    )
+    judge_gate_min_comparisons = models.PositiveIntegerField(
+        default=20, help_text="...measured on at least this many comparisons.",
+    )
     # The retrain policy is its own row (RetrainPolicy, campaign.retrain_policy); promotions: campaign.promotions.
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -78,7 +92,13 @@ class Campaign(models.Model):
             models.CheckConstraint(condition=Q(gate_min_win_rate__isnull=True) | (Q(gate_min_win_rate__gte=0) & Q(gate_min_win_rate__lte=1)),
                                    name="campaign_gate_min_win_rate_0_1"),
             models.CheckConstraint(condition=Q(gate_max_kl__isnull=True) | Q(gate_max_kl__gte=0), name="campaign_gate_max_kl_gte_0"),
+            models.CheckConstraint(condition=Q(judge_gate_min_agreement__gte=0) & Q(judge_gate_min_agreement__lte=1),
+                                   name="campaign_judge_gate_0_1"),
         ]
+
+    def clean(self):
+        if self.training_judge_id is not None and self.training_judge.campaign_id != self.pk:
+            raise ValidationError({"training_judge": "The training judge must be one of this campaign's judges."})
 
     def __str__(self):
         return self.slug

@@ -128,6 +128,11 @@ class Vote(models.Model):
     order_shown = models.CharField(max_length=2, choices=Assignment.Order.choices, blank=True)
     seconds_spent = models.FloatField(null=True, blank=True)
     is_gold_correct = models.BooleanField(null=True, blank=True)
+    judge_details = models.JSONField(
+        default=dict, blank=True,
+        help_text="An AI judge's verdict: P(a), P(b), P(tie), whether both orders agreed, each order's choice, "
+        "latency and token usage.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

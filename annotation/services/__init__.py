@@ -19,6 +19,7 @@ from annotation.services.evaluations import (
     evaluation_start,
     gate_check,
 )
+from annotation.services.judges import JudgedReport, judge_preferences_derive, judge_run_request, judge_votes_record
 from annotation.services.imports import preferences_import, prompts_import
 from annotation.services.sampling import (
     SampledText,
@@ -44,6 +45,7 @@ from annotation.services.votes import Aggregate, VoteResult, vote_submit, votes_
 __all__ = [
     "Aggregate",
     "ImportReport",
+    "JudgedReport",
     "SampledText",
     "Swept",
     "VoteResult",
@@ -66,6 +68,9 @@ __all__ = [
     "evaluation_start",
     "gate_check",
     "guideline_publish",
+    "judge_preferences_derive",
+    "judge_run_request",
+    "judge_votes_record",
     "model_version_register_base",
     "preferences_import",
     "prompt_file_format",
