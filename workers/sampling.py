@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 # Loaded models per worker process, most recent last: a policy and an arena version fit.
 _MODELS: OrderedDict[str, tuple] = OrderedDict()
 _MAX_MODELS = 2
+CHUNK_BATCHES = 4  # generate batches per commit (and per retry of identical / empty pairs)
 
 
 def policy_load(spec: str):
@@ -54,8 +55,8 @@ class SampleReport:
 
 def campaign_sample_pairs(*, campaign_id: int, n: int, seed: int | None = None, progress: bool = False) -> SampleReport:
     """Sample ``n`` pairs for the campaign's least-covered training prompts from its active
-    policy (and arena version), committing one generate batch at a time so annotators see
-    pairs as they come and a crash loses at most one batch."""
+    policy (and arena version), committing every ``CHUNK_BATCHES`` generate batches so
+    annotators see pairs as they come and a crash loses at most one chunk."""
     from training.sampling import sample_pairs
 
     campaign = Campaign.objects.select_related("arena_policy").get(pk=campaign_id)
@@ -70,8 +71,10 @@ def campaign_sample_pairs(*, campaign_id: int, n: int, seed: int | None = None, 
         return report
     model, tokenizer = policy_load(policy.spec)
     other = policy_load(arena.spec) if arena else (None, None)
-    # Pairs per chunk: one generate batch of the policy's (both samples of a pair in one batch).
-    chunk = max(1, params.batch_size // (1 if arena else 2))
+    # Pairs per chunk: CHUNK_BATCHES generate batches of the policy's (both samples of a pair in
+    # one batch). The identical or empty pairs of a whole chunk are re-drawn together, in one
+    # batch instead of one small batch per generate batch (each a full decode to the longest).
+    chunk = max(1, params.batch_size // (1 if arena else 2)) * CHUNK_BATCHES
     bar = None
     if progress:
         from tqdm import tqdm
