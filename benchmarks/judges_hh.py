@@ -82,7 +82,7 @@ def main() -> None:
 
     rows, report = held_out_pairs(args.pairs)
     pairs, truth = [p for p, _ in rows], [t for _, t in rows]
-    print(f"{len(pairs)} held-out HH pairs (reading the file: {report})", flush=True)
+    print(f"{len(pairs)} held-out HH pairs ({len(report.errors)} dirty lines of the file left out)", flush=True)
     model, tokenizer = load_policy("smollm2-135m-instruct")
     judge = LocalJudge(model, tokenizer, batch_size=args.batch_size)
     t0 = time.perf_counter()
