@@ -13,7 +13,7 @@ evaluated against the *original* policy under the rule and promoted. Goals: win 
 after 3 rounds within 30 minutes; one turn (its preferences -> a promoted version) under 15.
 
     python benchmarks/loop_proof.py [--quick] [--rule concise] [--rounds 3] [--pairs 256]
-        [--eval-prompts 64] [--max-new-tokens 96] [--config lr=3e-5 ...] [--force]
+        [--eval-prompts 64] [--max-new-tokens 64] [--config lr=3e-5 ...] [--force]
 
 Last line: ``RESULT win_rate=... win_low=... kl=... minutes_total=... turn_minutes_max=...``.
 """
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--train-prompts", type=int, default=256)
     ap.add_argument("--eval-prompts", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=96)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--noise", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", nargs="+", action="extend", default=[], metavar="KEY=VALUE",

@@ -64,7 +64,7 @@ class _ReservedLayer(DynamicLayer):
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         end = self._n + key_states.shape[-2]
-        if end > self._keys.shape[-2]:  # past the reservation: grow (not on the sampling path)
+        if end > self._keys.shape[-2]:  # past the reservation (not on the sampling path): double it
             grow = lambda t: torch.cat([t, t.new_empty((*t.shape[:-2], end, t.shape[-1]))], dim=-2)  # noqa: E731
             self._keys, self._values = grow(self._keys), grow(self._values)
         self._keys[..., self._n:end, :], self._values[..., self._n:end, :] = key_states, value_states
@@ -94,7 +94,7 @@ def _prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, devic
     repeats = torch.tensor(counts, device=device)
     for i, layer in enumerate(cache.layers):
         keys, values = layer.keys.repeat_interleave(repeats, dim=0), layer.values.repeat_interleave(repeats, dim=0)
-        if reserve:
+        if reserve and type(layer) is DynamicLayer:  # a sliding-window layer keeps its own (cropping) update
             cache.layers[i] = _ReservedLayer(keys, values, keys.shape[-2] + reserve)
         else:
             layer.keys, layer.values = keys, values
