@@ -172,15 +172,16 @@ def prompts_for_sampling(*, campaign: Campaign, n: int) -> list[Prompt]:
     return [prompts[i % len(prompts)] for i in range(n)]
 
 
-def training_records(*, campaign: Campaign, sampled_by: ModelVersion | None = None) -> tuple[list[PreferenceRecord], list[str]]:
+def training_records(*, campaign: Campaign, sampled_by: ModelVersion | None = None,
+                     include_ai: bool | None = None) -> tuple[list[PreferenceRecord], list[str]]:
     """The campaign's preferences on training prompts (eval prompts stay held out), in
     primary-key order, as the records the trainers read; and one reason per stored preference
     that cannot be trained on ("preference 17: chosen is empty"), so none is dropped unseen.
     ``sampled_by``: only preferences whose two responses that version sampled (on-policy).
     Preferences an AI judge made (source ``ai``) count only while the judge gate is open
-    (``annotation.quality.judge_gate``)."""
+    (``annotation.quality.judge_gate``; ``include_ai``: the caller has read the gate already)."""
     rows = Preference.objects.filter(campaign=campaign, prompt__split=Prompt.Split.TRAIN)
-    if not judge_gate(campaign=campaign)["open"]:
+    if not (judge_gate(campaign=campaign)["open"] if include_ai is None else include_ai):
         rows = rows.exclude(source=Preference.Source.AI)  # an AI judge's preferences train only while its gate is open
     if sampled_by is not None:
         rows = rows.filter(chosen__model_version=sampled_by, rejected__model_version=sampled_by)

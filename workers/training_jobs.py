@@ -53,7 +53,9 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
         recipe = recipe_for(run.kind)
         cfg = config_from(recipe.config_cls, None, {**run.config, "model": run.base_version.spec})
         on_policy = run.data_scope == TrainingRun.DataScope.ON_POLICY
-        records, problems = (selectors.training_records(campaign=run.campaign, sampled_by=run.base_version if on_policy else None)
+        gate = judge_gate(campaign=run.campaign) if run.campaign else None  # read once: the data and the manifest
+        records, problems = (selectors.training_records(campaign=run.campaign, sampled_by=run.base_version if on_policy else None,
+                                                        include_ai=gate["open"])
                              if run.campaign else ([], []))
         for problem in problems[:MAX_PROBLEMS_KEPT]:
             logger.warning("training run %s: unusable row, %s", run_id, problem)
@@ -64,8 +66,7 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
         rows = recipe.rows_from_preferences(records)
     except Exception as exc:  # a config or data problem: the run records why
         return _finish(run_id, TrainingRun.Status.FAILED, error=str(exc))
-    gate = judge_gate(campaign=run.campaign)["reason"] if run.campaign else None
-    data_manifest = {**manifest(records), "scope": run.data_scope, "judge_gate": gate, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
+    data_manifest = {**manifest(records), "scope": run.data_scope, "judge_gate": gate["reason"] if gate else None, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
     # A redelivered task (the worker died mid-run: acks_late) finds the run RUNNING and resumes
     # it from its last checkpoint in the same directory.
     if services.training_run_start(run_id=run_id, device=str(resolve_device(cfg.device)), data_manifest=data_manifest) is None:
