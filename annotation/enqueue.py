@@ -33,3 +33,9 @@ def judge_pending(campaign_id: int, judge_id: int, *, remote: bool) -> None:
     """A judge's pending comparisons: on the gpu queue for a local or reward model, on the
     default queue for an endpoint (``remote``), which needs no model on this side."""
     enqueue("judge_pending", campaign_id, judge_id, queue=None if remote else "gpu")
+
+
+def chat_complete(request: dict, *, expires: float):
+    """A chat completion for a model worker (the ``serve`` queue); the ``AsyncResult`` to wait on.
+    A worker that receives it after ``expires`` seconds (nobody waits any more) discards it."""
+    return app.send_task("workers.tasks.chat_complete", args=[request], expires=expires)

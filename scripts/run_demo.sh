@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Start web + Celery worker (default and gpu queues) + beat, print where to log in, stop all on Ctrl-C.
+# Start web + Celery worker (default, gpu and serve queues) + beat, print where to log in, stop all on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 PORT=${PORT:-8000}
 mkdir -p var
-$PY -m celery -A webapp worker --beat --queues default,gpu --concurrency 1 --loglevel INFO \
+$PY -m celery -A webapp worker --beat --queues default,gpu,serve --concurrency 1 --loglevel INFO \
     --logfile var/worker.log --schedule var/celerybeat-schedule &
 WORKER=$!
 trap 'kill $WORKER 2>/dev/null; wait $WORKER 2>/dev/null' EXIT INT TERM

@@ -256,7 +256,7 @@ class OpenAIJudge:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         payload = {"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0,
-                   "logprobs": True, "top_logprobs": 5}
+                   "logprobs": True, "top_logprobs": 20}
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:

@@ -3,6 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from annotation import api_openai
 from annotation.urls import api_urls, page_urls
 
 admin.site.site_header = "Prefloop admin"
@@ -13,6 +14,9 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/", include(api_urls)),
+    # OpenAI-compatible: any OpenAI client with base_url=<prefloop>/v1 talks to the policy versions.
+    path("v1/chat/completions", api_openai.ChatCompletionsApi.as_view(), name="v1-chat-completions"),
+    path("v1/models", api_openai.ModelListApi.as_view(), name="v1-models"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include(page_urls)),

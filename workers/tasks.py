@@ -114,3 +114,13 @@ def gpu_evaluate(evaluation_id: int) -> str:
     from workers.evaluation import run_evaluation
 
     return run_evaluation(evaluation_id=evaluation_id)
+
+
+@shared_task(name="workers.tasks.chat_complete", ignore_result=False, acks_late=False, soft_time_limit=600, time_limit=660)
+def chat_complete(request: dict) -> dict:
+    """One ``POST /v1/chat/completions`` (the ``serve`` queue): the web process waits for this
+    result. Not acked late: a request whose worker died is answered with an error by the web
+    side's timeout rather than run twice."""
+    from workers.serving import chat_complete as complete
+
+    return complete(request)

@@ -29,6 +29,7 @@ from annotation.services.sampling import (
     comparisons_create_sampled,
     model_version_register_base,
 )
+from annotation.services.serving import chat_complete, chat_models
 from annotation.services.promotions import campaign_policy_promote, campaign_policy_rollback
 from annotation.services.retraining import retrain_policies_trigger, retrain_policy_trigger
 from annotation.services.training_runs import (
@@ -53,6 +54,8 @@ __all__ = [
     "assignment_skip",
     "assignments_expire",
     "campaign_create",
+    "chat_complete",
+    "chat_models",
     "campaign_policy_ensure",
     "campaign_policy_promote",
     "campaign_policy_rollback",

@@ -182,8 +182,25 @@ else:
         "control_folder": str(_celery_dir / "control"),
         "store_processed": False,
     }
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default=None)
-CELERY_TASK_IGNORE_RESULT = CELERY_RESULT_BACKEND is None
+
+
+def result_backend_for(broker_url: str) -> str:
+    """Where task results go (only ``chat_complete``'s are waited for: the web process relays a
+    model worker's chat completion): the Redis broker's own database, or files beside the
+    embedded default's queue. ``CELERY_RESULT_BACKEND`` overrides. Settings that change the
+    broker URL call this again."""
+    if env.str("CELERY_RESULT_BACKEND", default=""):
+        return env.str("CELERY_RESULT_BACKEND")
+    if broker_url.startswith(("redis://", "rediss://")):
+        return broker_url
+    results = VAR_DIR / "celery" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    return f"file://{results}"
+
+
+CELERY_RESULT_BACKEND = result_backend_for(CELERY_BROKER_URL)
+CELERY_RESULT_EXPIRES = 3600  # a result nobody fetched within an hour is dropped
+CELERY_TASK_IGNORE_RESULT = True  # tasks whose result is read say ignore_result=False
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
@@ -209,6 +226,9 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 CELERY_TASK_ROUTES = {
     "workers.tasks.sample_pairs": {"queue": "gpu"},
     "workers.tasks.gpu_*": {"queue": "gpu"},
+    # /v1/chat/completions: served by a model worker consuming `serve` (with `gpu` on one GPU, or
+    # its own worker for answers that never wait behind a training run).
+    "workers.tasks.chat_complete": {"queue": "serve"},
 }
 CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "workers.tasks.expire_leases", "schedule": 60.0},
@@ -239,6 +259,9 @@ PREFLOOP = {
     "WORK_STALE_MINUTES": env.int("PREFLOOP_WORK_STALE_MINUTES", default=60),
     # Where training runs write checkpoints and final models (one run-<id> directory each).
     "ARTIFACTS_DIR": env.str("PREFLOOP_ARTIFACTS_DIR", default=str(VAR_DIR / "artifacts")),
+    # /v1/chat/completions: how long the web waits for the model worker, and the longest prompt.
+    "CHAT_TIMEOUT_SECONDS": env.float("PREFLOOP_CHAT_TIMEOUT_SECONDS", default=120.0),
+    "CHAT_MAX_PROMPT_TOKENS": env.int("PREFLOOP_CHAT_MAX_PROMPT_TOKENS", default=4096),
 }
 
 LOGGING = {
