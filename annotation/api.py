@@ -242,16 +242,24 @@ class PreferenceExportApi(APIView):
     permission_classes = [perm("annotation.export_preferences")]
 
     @extend_schema(
-        parameters=[OpenApiParameter("with_meta", bool, description="Add source, votes, agreement, margin, rationales, models")],
+        parameters=[
+            OpenApiParameter("with_meta", bool, description="Add source, judges, votes, agreement, margin, strengths, rationales, models"),
+            OpenApiParameter("export_format", str, enum=list(selectors.EXPORT_FORMATS),
+                             description="trl: paired prompt/chosen/rejected (default); kto: unpaired prompt/completion/label"),
+        ],
         responses={(200, "application/jsonl"): OpenApiTypes.STR},
         summary="Export preferences as TRL JSONL (streamed)",
     )
     def get(self, request, slug: str):
         campaign = _campaign(slug, request.user)
         with_meta = request.query_params.get("with_meta", "").lower() in ("1", "true", "yes")
-        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta)
+        fmt = request.query_params.get("export_format") or "trl"  # not "format": DRF reads that one
+        if fmt not in selectors.EXPORT_FORMATS:
+            raise InvalidInput(f"format must be one of {', '.join(selectors.EXPORT_FORMATS)}.", details={"export_format": fmt[:50]})
+        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta, fmt=fmt)
         response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
-        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
+        name = "preferences" if fmt == "trl" else "kto"
+        response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-{name}.jsonl"'
         return response
 
 

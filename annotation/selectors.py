@@ -28,7 +28,7 @@ from annotation.models import (
     Vote,
 )
 from annotation.quality import judge_gate
-from training.formats import FormatError, PreferenceRecord, trl_preference, trl_row
+from training.formats import FormatError, PreferenceRecord, kto_row, trl_preference, trl_row
 
 
 def model_version_named(*, name: str, field: str = "version") -> ModelVersion:
@@ -99,34 +99,86 @@ def votes_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None
     return qs
 
 
-def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False) -> Iterator[dict]:
-    """Conversational TRL rows (prompt / chosen / rejected), streamed in primary-key order."""
+EXPORT_FORMATS = ("trl", "kto")
+
+
+def _both_bad_majority(n_both_bad: int, n_votes: int) -> bool:
+    """People's verdict on a comparison was "both bad": more than half of their votes said so."""
+    return n_votes > 0 and 2 * n_both_bad > n_votes
+
+
+def _export_meta(pref: Preference | None, comparison: Comparison | None, prompt: Prompt) -> dict:
+    """--with-meta fields: where the label came from and how sure people were."""
+    people = [v for v in getattr(comparison, "people_votes", [])] if comparison else []
+    winner = None
+    if pref is not None and comparison is not None:
+        winner = "a" if pref.chosen_id == comparison.response_a_id else "b"
+    return {
+        "preference_id": pref.pk if pref else None,
+        "comparison_id": comparison.pk if comparison else None,
+        "source": pref.source if pref else "human",
+        "judges": [v.judge for v in comparison.judge_votes] if comparison else [],
+        "votes": pref.n_votes if pref else len(people),
+        "agreement": pref.agreement if pref else None,
+        "margin": pref.margin if pref else None,
+        # each person's strength ("slightly" / "much" / "") on the side the preference took
+        "strengths": [v.strength for v in people if winner and v.choice == winner],
+        "rationales": [v.rationale for v in people if v.rationale],
+        "split": prompt.split,
+        "tags": prompt.tags,
+    }
+
+
+def _with_votes(qs, prefix: str):
+    return qs.prefetch_related(
+        Prefetch(f"{prefix}votes", queryset=Vote.objects.filter(annotator__isnull=False).order_by("pk"), to_attr="people_votes"),
+        Prefetch(f"{prefix}votes", queryset=Vote.objects.exclude(judge="").order_by("pk"), to_attr="judge_votes"),
+    )
+
+
+def preferences_export_rows(*, campaign: Campaign, with_meta: bool = False, fmt: str = "trl") -> Iterator[dict]:
+    """The campaign's labels for a trainer, streamed in primary-key order:
+
+    - ``trl``: conversational paired rows (``prompt`` / ``chosen`` / ``rejected``), one per preference;
+    - ``kto``: unpaired rows (``prompt`` / ``completion`` / ``label``): each preference's chosen
+      response as desirable and its rejected one as undesirable, and both responses of a
+      comparison people judged "both bad" (a majority of their votes) as undesirable: KTO learns
+      from those, DPO cannot. ``with_meta`` adds ``role`` (chosen / rejected / both_bad).
+    """
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(EXPORT_FORMATS)}")
     qs = Preference.objects.filter(campaign=campaign).order_by("pk").select_related(
-        "prompt", "chosen__model_version", "rejected__model_version"
+        "prompt", "chosen__model_version", "rejected__model_version", "comparison"
     )
     if with_meta:
-        qs = qs.prefetch_related(
-            Prefetch("comparison__votes", queryset=Vote.objects.exclude(rationale="").order_by("pk"), to_attr="with_rationale"),
-            Prefetch("comparison__votes", queryset=Vote.objects.exclude(judge="").order_by("pk"), to_attr="judge_votes"),
-        )
+        qs = _with_votes(qs, "comparison__")
     for pref in qs.iterator(chunk_size=500):
         meta = None
         if with_meta:
-            comparison = pref.comparison
-            meta = {
-                "preference_id": pref.pk,
-                "source": pref.source,
-                "judges": [v.judge for v in comparison.judge_votes] if comparison else [],
-                "votes": pref.n_votes,
-                "agreement": pref.agreement,
-                "margin": pref.margin,
-                "rationales": [v.rationale for v in comparison.with_rationale] if comparison else [],
+            meta = _export_meta(pref, pref.comparison, pref.prompt) | {
                 "chosen_model": pref.chosen.model_version.name if pref.chosen.model_version else None,
                 "rejected_model": pref.rejected.model_version.name if pref.rejected.model_version else None,
-                "split": pref.prompt.split,
-                "tags": pref.prompt.tags,
             }
-        yield trl_row(pref.prompt.messages, pref.chosen.text, pref.rejected.text, meta)
+        if fmt == "trl":
+            yield trl_row(pref.prompt.messages, pref.chosen.text, pref.rejected.text, meta)
+            continue
+        both_bad = _both_bad_majority(pref.n_both_bad, pref.n_votes)
+        for text, label, role in ((pref.chosen.text, not both_bad, "both_bad" if both_bad else "chosen"),
+                                  (pref.rejected.text, False, "both_bad" if both_bad else "rejected")):
+            yield kto_row(pref.prompt.messages, text, label, meta and meta | {"role": role})
+    if fmt == "kto":  # "both bad" comparisons without a preference (no A/B majority)
+        people = Q(votes__annotator__isnull=False)
+        bad = (Comparison.objects.filter(campaign=campaign, kind=Comparison.Kind.NORMAL, status=Comparison.Status.COMPLETE,
+                                         preference__isnull=True)
+               .annotate(n_people=Count("votes", filter=people), n_bad=Count("votes", filter=people & Q(votes__choice="both_bad")))
+               .filter(n_bad__gt=F("n_people") / 2.0)
+               .select_related("prompt", "response_a", "response_b").order_by("pk"))
+        if with_meta:
+            bad = _with_votes(bad, "")
+        for c in bad.iterator(chunk_size=500):
+            meta = _export_meta(None, c, c.prompt) if with_meta else None
+            for response in (c.response_a, c.response_b):
+                yield kto_row(c.prompt.messages, response.text, False, meta and meta | {"role": "both_bad"})
 
 
 def campaign_open_pairs(*, campaign: Campaign) -> int:

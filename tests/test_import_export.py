@@ -146,3 +146,56 @@ def test_pathological_lines_are_reported_not_crashing(campaign, tmp_path):
     out, err = run("import_preferences", str(f), "--campaign", campaign.slug, "--format", "trl")
     assert "1 preference(s) imported" in out
     assert ":1: JSON nested too deeply" in err and ":2: prompt contains text that is not valid Unicode" in err
+
+
+def _people_vote(campaign, annotators, comparison, wanted, strengths=("", "", ""), rationales=("", "", "")):
+    """Each annotator votes ``wanted[i]`` (A/B terms) on ``comparison``, the only open one."""
+    for user, want, strength, rationale in zip(annotators, wanted, strengths, rationales):
+        a = services.assignment_next(campaign=campaign, annotator=user)
+        assert a.comparison_id == comparison.pk
+        shown = want if a.order == "ab" else {"a": "b", "b": "a"}.get(want, want)
+        services.vote_submit(annotator=user, assignment_id=a.pk, choice=shown, strength=strength, rationale=rationale)
+
+
+def test_kto_export_unpairs_preferences_and_counts_both_bad_as_undesirable(campaign, annotators, tmp_path, api, admin_user):
+    """KTO rows: a preference gives chosen = desirable and rejected = undesirable; a comparison
+    people called "both bad" (majority) gives two undesirable rows, also when one vote picked a
+    side (which made a preference); a tie majority gives none. TRL's loader reads the file."""
+    import datasets
+
+    clear = ComparisonFactory(campaign=campaign)
+    _people_vote(campaign, annotators, clear, "abb", strengths=("much", "slightly", "much"), rationales=("", "B cites", ""))
+    mostly_bad = ComparisonFactory(campaign=campaign)
+    _people_vote(campaign, annotators, mostly_bad, ["both_bad", "a", "both_bad"])
+    all_bad = ComparisonFactory(campaign=campaign)
+    _people_vote(campaign, annotators, all_bad, ["both_bad"] * 3)
+    tied = ComparisonFactory(campaign=campaign)
+    _people_vote(campaign, annotators, tied, ["tie", "tie", "both_bad"])
+    out = tmp_path / "kto.jsonl"
+    _, err = run("export_preferences", "--campaign", campaign.slug, "--format", "kto", "-o", str(out))
+    assert "6 kto row(s)" in err
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert set(ds.column_names) == {"prompt", "completion", "label"}
+    got = [(r["prompt"][0]["content"], r["completion"][0]["content"], r["label"]) for r in ds]
+    want = [(clear.prompt.messages[0]["content"], clear.response_b.text, True),
+            (clear.prompt.messages[0]["content"], clear.response_a.text, False),
+            (mostly_bad.prompt.messages[0]["content"], mostly_bad.response_a.text, False),
+            (mostly_bad.prompt.messages[0]["content"], mostly_bad.response_b.text, False),
+            (all_bad.prompt.messages[0]["content"], all_bad.response_a.text, False),
+            (all_bad.prompt.messages[0]["content"], all_bad.response_b.text, False)]
+    assert got == want
+
+    run("export_preferences", "--campaign", campaign.slug, "--format", "kto", "--with-meta", "-o", str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["role"] for r in rows] == ["chosen", "rejected", "both_bad", "both_bad", "both_bad", "both_bad"]
+    assert rows[0]["strengths"] == ["slightly", "much"] and rows[0]["rationales"] == ["B cites"] and rows[0]["votes"] == 3
+    assert rows[4]["preference_id"] is None and rows[4]["comparison_id"] == all_bad.pk and rows[4]["votes"] == 3
+    # The paired export's meta carries the strengths too; the API serves both formats.
+    run("export_preferences", "--campaign", campaign.slug, "--with-meta", "-o", str(out))
+    paired = json.loads(out.read_text().splitlines()[0])
+    assert paired["strengths"] == ["slightly", "much"] and paired["comparison_id"] == clear.pk
+    client = api(admin_user)
+    r = client.get(f"/api/campaigns/{campaign.slug}/preferences.jsonl?export_format=kto")
+    assert r.status_code == 200 and len(b"".join(r.streaming_content).splitlines()) == 6
+    r = client.get(f"/api/campaigns/{campaign.slug}/preferences.jsonl?export_format=csv")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid"

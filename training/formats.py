@@ -296,6 +296,15 @@ def hh_preference(row: dict, *, max_chars: int = DEFAULT_MAX_TEXT_CHARS) -> Pref
 PREFERENCE_READERS = {"trl": trl_preference, "hh": hh_preference}
 
 
+def kto_row(prompt: list[dict], completion: str, label: bool, meta: dict | None = None) -> dict:
+    """A conversational TRL unpaired-preference row (KTOTrainer's ``prompt`` / ``completion`` /
+    ``label``: True desirable, False undesirable)."""
+    row = {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}], "label": label}
+    if meta:
+        row.update(meta)
+    return row
+
+
 def trl_row(prompt: list[dict], chosen: str, rejected: str, meta: dict | None = None) -> dict:
     """A conversational TRL preference row, as DPOTrainer and ``datasets`` read it."""
     row = {

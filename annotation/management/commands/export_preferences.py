@@ -7,21 +7,22 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.management.commands._common import campaign_or_error
 from annotation.parsing import jsonl_lines
-from annotation.selectors import preferences_export_rows
+from annotation.selectors import EXPORT_FORMATS, preferences_export_rows
 
 
 class Command(BaseCommand):
-    help = "Export a campaign's preferences as conversational TRL JSONL (DPOTrainer / datasets read it as is)."
+    help = ("Export a campaign's preferences as conversational TRL JSONL: paired prompt/chosen/rejected (trl: DPO, reward) "
+            "or unpaired prompt/completion/label (kto, with 'both bad' verdicts as undesirable); datasets reads both as is.")
 
     def add_arguments(self, parser):
         parser.add_argument("--campaign", required=True, help="campaign slug")
-        parser.add_argument("--format", default="trl", choices=["trl"], dest="fmt")
+        parser.add_argument("--format", default="trl", choices=EXPORT_FORMATS, dest="fmt")
         parser.add_argument("-o", "--output", default="-", help="output file (default: stdout)")
-        parser.add_argument("--with-meta", action="store_true", help="add source, votes, agreement, margin, rationales, models")
+        parser.add_argument("--with-meta", action="store_true", help="add source, judges, votes, agreement, margin, strengths, rationales, models")
 
     def handle(self, *args, campaign, fmt, output, with_meta, **options):
         camp = campaign_or_error(campaign)
-        rows = preferences_export_rows(campaign=camp, with_meta=with_meta)
+        rows = preferences_export_rows(campaign=camp, with_meta=with_meta, fmt=fmt)
         if output == "-":
             n = self._write(rows, sys.stdout)
         else:
@@ -37,7 +38,7 @@ class Command(BaseCommand):
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            self.stderr.write(self.style.SUCCESS(f"{n} preference(s) written to {out}"))
+            self.stderr.write(self.style.SUCCESS(f"{n} {fmt} row(s) written to {out}"))
 
     @staticmethod
     def _write(rows, f) -> int:
