@@ -54,8 +54,20 @@ def campaign_quality(*, campaign: Campaign, min_common: int = 5) -> dict:
         "everyone": campaign_agreement(rows, min_common=min_common).as_dict() if judges else None,
         "voters": [q.as_dict() | {"is_judge": q.voter.startswith(JUDGE_PREFIX), "reliability": ds.reliability.get(q.voter)}
                    for q in voter_quality(rows)],
-        "judges": [judge_agreement(rows, j, people=people).as_dict() for j in judges],
+        "judges": [judge_agreement(rows, j, people=people).as_dict() | judge_order_consistency(campaign=campaign, voter=j)
+                   for j in judges],
     }
+
+
+def judge_order_consistency(*, campaign: Campaign, voter: str) -> dict:
+    """How often a judge's two orders disagreed: ``order_inconsistency`` = share of its votes
+    judged in both orders whose A-first and B-first verdicts differ (None when none was)."""
+    both = inconsistent = 0
+    for details in Vote.objects.filter(comparison__campaign=campaign, judge=voter).values_list("judge_details", flat=True):
+        if len((details or {}).get("order_choices") or []) == 2:
+            both += 1
+            inconsistent += details.get("consistent") is False
+    return {"both_orders_votes": both, "order_inconsistency": inconsistent / both if both else None}
 
 
 def judge_gate(*, campaign: Campaign) -> dict:

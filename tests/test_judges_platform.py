@@ -242,3 +242,109 @@ def test_the_training_judge_must_be_the_campaigns_own(campaign, judge):
     campaign.full_clean()
     with pytest.raises(ValidationError, match="needs a base URL and a model name"):
         Judge(campaign=campaign, name="gpt", kind="openai").full_clean()
+
+
+def test_order_inconsistency_per_judge_in_the_report(api, campaign, reviewer, judge):
+    for i, order in enumerate([["a", "a"], ["a", "b"], ["b", "b"], ["b", "a"]]):
+        c = ComparisonFactory(campaign=campaign)
+        services.judge_votes_record(judge=judge, verdicts=[(c.pk, verdict(order[0], consistent=order[0] == order[1], order_choices=order))])
+    single = Judge.objects.create(campaign=campaign, name="single", kind="local", both_orders=False)
+    services.judge_votes_record(judge=single, verdicts=[(ComparisonFactory(campaign=campaign).pk, verdict("a", order_choices=["a"]))])
+    judges = {j["judge"]: j for j in api(reviewer).get(f"/api/campaigns/{campaign.slug}/quality/").json()["judges"]}
+    assert (judges["judge:smol"]["order_inconsistency"], judges["judge:smol"]["both_orders_votes"]) == (0.5, 4)
+    assert (judges["judge:single"]["order_inconsistency"], judges["judge:single"]["both_orders_votes"]) == (None, 0)
+
+
+def test_console_configures_judges_and_the_gate(campaign, reviewer, admin_user, judge):
+    from django.test import Client
+
+    admin, viewer = Client(), Client()
+    admin.force_login(admin_user)
+    viewer.force_login(reviewer)
+    url = f"/console/{campaign.slug}/judges/"
+    form = {"name": "remote", "kind": "openai", "model": "gpt-judge", "base_url": "https://judge.example/v1",
+            "api_key_env": "JUDGE_KEY", "batch_size": "4", "concurrency": "2", "both_orders": "on", "enabled": "on"}
+    assert viewer.post(url, form).status_code == 403 and not Judge.objects.filter(name="remote").exists()
+    r = admin.post(url, form, follow=True)
+    assert "judge:remote added" in r.content.decode()
+    remote = Judge.objects.get(campaign=campaign, name="remote")
+    assert (remote.kind, remote.model, remote.api_key_env, remote.concurrency, remote.both_orders) == ("openai", "gpt-judge", "JUDGE_KEY", 2, True)
+    # Invalid: an openai judge without a base URL; a duplicate name; a bad number. Nothing changes.
+    r = admin.post(url, {**form, "name": "nourl", "base_url": ""}, follow=True)
+    assert "base_url" in r.content.decode() and not Judge.objects.filter(name="nourl").exists()
+    r = admin.post(url, form, follow=True)
+    assert "already exists" in r.content.decode() and Judge.objects.filter(name="remote").count() == 1
+    r = admin.post(url, {**form, "name": "x", "batch_size": "many"}, follow=True)
+    assert "whole number" in r.content.decode() and not Judge.objects.filter(name="x").exists()
+    # Change: switch it off (unchecked box), fewer in flight; the name stays.
+    r = admin.post(url, {**form, "existing": "remote", "name": "renamed", "concurrency": "1", "enabled": ""}, follow=True)
+    remote.refresh_from_db()
+    assert "judge:remote changed" in r.content.decode() and (remote.name, remote.enabled, remote.concurrency) == ("remote", False, 1)
+    # The gate: training judge + thresholds.
+    gate = f"/console/{campaign.slug}/judge-gate/"
+    values = {"training_judge": "smol", "judge_gate_min_agreement": "0.8", "judge_gate_min_comparisons": "30"}
+    assert viewer.post(gate, values).status_code == 403
+    r = admin.post(gate, values, follow=True)
+    campaign.refresh_from_db()
+    assert (campaign.training_judge, campaign.judge_gate_min_agreement, campaign.judge_gate_min_comparisons) == (judge, 0.8, 30)
+    r = admin.post(gate, {**values, "judge_gate_min_agreement": "1.5"}, follow=True)
+    campaign.refresh_from_db()
+    assert "between 0 and 1" in r.content.decode() and campaign.judge_gate_min_agreement == 0.8
+    admin.post(gate, {**values, "training_judge": ""})
+    campaign.refresh_from_db()
+    assert campaign.training_judge is None
+
+
+def test_console_tables_as_csv(campaign, annotators, reviewer, annotator, judge):
+    import csv
+    import io
+
+    from django.test import Client
+
+    for choice in "abab":
+        c = ComparisonFactory(campaign=campaign)
+        people_vote(campaign, annotators[:3], c, choice)
+        services.judge_votes_record(judge=judge, verdicts=[(c.pk, verdict(choice, order_choices=[choice, choice]))])
+    viewer = Client()
+    viewer.force_login(reviewer)
+    r = viewer.get(f"/console/{campaign.slug}/quality/voters.csv")
+    assert r.status_code == 200 and r["Content-Type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(r.content.decode())))
+    assert {row["voter"] for row in rows} == {u.username for u in annotators[:3]} | {"judge:smol"}
+    assert all(row["votes"] == "4" for row in rows)
+    judges = list(csv.DictReader(io.StringIO(viewer.get(f"/console/{campaign.slug}/quality/judges.csv").content.decode())))
+    assert judges == [{"judge": "judge:smol", "rate": "1.0", "low": judges[0]["low"], "high": judges[0]["high"], "n": "4",
+                       "order_inconsistency": "0.0", "both_orders_votes": "4"}]
+    cohen = list(csv.DictReader(io.StringIO(viewer.get(f"/console/{campaign.slug}/quality/cohen.csv").content.decode())))
+    assert len(cohen) == 3 * 2 and all(row["comparisons_in_common"] == "4" for row in cohen)
+    assert viewer.get(f"/console/{campaign.slug}/quality/nothing.csv").status_code == 404
+    outsider = Client()
+    outsider.force_login(annotator)
+    assert outsider.get(f"/console/{campaign.slug}/quality/voters.csv").status_code == 403
+    r = viewer.get(f"/console/{campaign.slug}/leaderboard/?download=csv")
+    assert r.status_code == 200 and r.content.decode().splitlines()[0] == "rank,model,rating,low,high,battles,wins,lc_win_rate"
+
+
+def test_console_guideline_editor_versions_and_diff(campaign, reviewer, admin_user):
+    from django.test import Client
+
+    admin, viewer = Client(), Client()
+    admin.force_login(admin_user)
+    viewer.force_login(reviewer)
+    url = f"/console/{campaign.slug}/guideline/"
+    first = campaign.guidelines.get().text
+    assert viewer.post(url, {"text": "Be kind."}).status_code == 403 and campaign.guidelines.count() == 1
+    r = admin.post(url, {"text": first + "\nPrefer short answers."}, follow=True)
+    assert "Version 2 published" in r.content.decode()
+    r = admin.post(url, {"text": first + "\nPrefer short answers."}, follow=True)
+    assert "Unchanged: version 2" in r.content.decode() and campaign.guidelines.count() == 2
+    r = admin.post(url, {"text": "   "}, follow=True)
+    assert "cannot be empty" in r.content.decode() and campaign.guidelines.count() == 2
+    admin.post(url, {"text": "Prefer short answers.\nCite sources."})
+    page = viewer.get(url).content.decode()  # default diff: version 2 -> 3
+    assert 'data-version="3"' in page and 'data-version="1"' in page
+    assert '<span class="del">-' + first.splitlines()[0] in page and '<span class="add">+Cite sources.</span>' in page
+    page = viewer.get(url + "?a=1&b=2").content.decode()
+    assert '<span class="add">+Prefer short answers.</span>' in page and "Version 1 → 2" in page
+    assert "<textarea" not in page  # reviewers read, admins edit
+    assert viewer.get(url + "?a=x&b=99").status_code == 200  # nonsense falls back to the default pair

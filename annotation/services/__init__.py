@@ -19,7 +19,15 @@ from annotation.services.evaluations import (
     evaluation_start,
     gate_check,
 )
-from annotation.services.judges import JudgedReport, judge_preferences_derive, judge_run_request, judge_votes_record
+from annotation.services.judges import (
+    JUDGE_FIELDS,
+    JudgedReport,
+    judge_gate_configure,
+    judge_preferences_derive,
+    judge_run_request,
+    judge_save,
+    judge_votes_record,
+)
 from annotation.services.imports import preferences_import, prompts_import
 from annotation.services.sampling import (
     SampledText,
@@ -71,7 +79,10 @@ __all__ = [
     "evaluation_start",
     "gate_check",
     "guideline_publish",
+    "JUDGE_FIELDS",
+    "judge_gate_configure",
     "judge_preferences_derive",
+    "judge_save",
     "judge_run_request",
     "judge_votes_record",
     "model_version_register_base",

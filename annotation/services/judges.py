@@ -82,3 +82,47 @@ def judge_preferences_derive(*, campaign: Campaign) -> int:
         before = Preference.objects.filter(campaign=campaign, source=Preference.Source.AI).count()
         Preference.objects.bulk_create(rows, ignore_conflicts=True)  # people completed one meanwhile: theirs stands
         return Preference.objects.filter(campaign=campaign, source=Preference.Source.AI).count() - before
+
+
+JUDGE_FIELDS = ("kind", "model", "base_url", "api_key_env", "both_orders", "batch_size", "concurrency", "enabled")
+
+
+def judge_save(*, campaign: Campaign, name: str, values: dict, judge: Judge | None = None) -> Judge:
+    """Create the campaign's judge ``name`` (``judge`` None) or change ``judge``: the fields of
+    ``JUDGE_FIELDS`` present in ``values``, validated as the admin validates them (``InvalidInput``
+    with the field's message, nothing saved). A judge's name is its voter name: it never changes."""
+    from django.core.exceptions import ValidationError
+
+    unknown = set(values) - set(JUDGE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"Unknown judge field(s): {', '.join(sorted(unknown))}.", details={"field": sorted(unknown)[0]})
+    target = judge or Judge(campaign=campaign, name=name)
+    if judge is not None and judge.campaign_id != campaign.pk:
+        raise InvalidInput(f"Judge '{judge.name}' is not in campaign '{campaign.slug}'.")
+    for key, value in values.items():
+        setattr(target, key, value)
+    try:
+        target.full_clean(exclude=["campaign"] if judge else None)
+    except ValidationError as exc:
+        field, messages = next(iter(exc.message_dict.items()))
+        raise InvalidInput(f"{field}: {' '.join(messages)}", details={"field": field, "errors": exc.message_dict}) from None
+    with transaction.atomic():
+        target.save()
+    return target
+
+
+def judge_gate_configure(*, campaign: Campaign, training_judge: Judge | None, min_agreement: float, min_comparisons: int) -> Campaign:
+    """Set which judge may train (None: none) and the gate's thresholds."""
+    if training_judge is not None and training_judge.campaign_id != campaign.pk:
+        raise InvalidInput(f"Judge '{training_judge.name}' is not in campaign '{campaign.slug}'.", details={"field": "training_judge"})
+    if not 0 <= min_agreement <= 1:
+        raise InvalidInput("The minimum agreement must be between 0 and 1.", details={"field": "judge_gate_min_agreement"})
+    if min_comparisons < 1:
+        raise InvalidInput("The minimum number of comparisons must be at least 1.", details={"field": "judge_gate_min_comparisons"})
+    with transaction.atomic():
+        campaign = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        campaign.training_judge = training_judge
+        campaign.judge_gate_min_agreement = min_agreement
+        campaign.judge_gate_min_comparisons = min_comparisons
+        campaign.save(update_fields=["training_judge", "judge_gate_min_agreement", "judge_gate_min_comparisons"])
+    return campaign
