@@ -14,6 +14,7 @@ needs ``annotation.view_modelversion`` (reviewers, admins). Errors in OpenAI's s
 
 from __future__ import annotations
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
@@ -31,6 +32,16 @@ class BearerTokenAuthentication(TokenAuthentication):
     """DRF's token, sent the way OpenAI clients send their key."""
 
     keyword = "Bearer"
+
+
+class BearerTokenScheme(OpenApiAuthenticationExtension):
+    """The schema's name for it: HTTP bearer (DRF's own token scheme is ``Token <key>``)."""
+
+    target_class = "annotation.api_openai.BearerTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "A Prefloop API token: python manage.py drf_create_token USER"}
 
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
@@ -59,7 +70,7 @@ class OpenAIView(APIView):
         return super().handle_exception(exc)
 
 
-class ErrorOut(serializers.Serializer):
+class OpenAIErrorOut(serializers.Serializer):
     error = serializers.DictField(help_text="message, type, param, code (as OpenAI's API)")
 
 
@@ -75,6 +86,11 @@ class ChatIn(serializers.Serializer):
     top_logprobs = serializers.IntegerField(required=False, min_value=0, max_value=20)
 
 
+class ModelListOut(serializers.Serializer):
+    object = serializers.CharField(help_text="list")
+    data = serializers.ListField(child=serializers.DictField(), help_text="id (the version name), object, created, owned_by")
+
+
 class ChatOut(serializers.Serializer):
     id = serializers.CharField()
     object = serializers.CharField(help_text="chat.completion")
@@ -87,7 +103,7 @@ class ChatOut(serializers.Serializer):
 def _errors(*codes: int) -> dict:
     words = {400: "Invalid request", 401: "No or bad token", 403: "Not allowed", 404: "No such model",
              502: "The model worker failed", 504: "No model worker answered in time"}
-    return {code: OpenApiResponse(ErrorOut, description=words[code]) for code in codes}
+    return {code: OpenApiResponse(OpenAIErrorOut, description=words[code]) for code in codes}
 
 
 class ChatCompletionsApi(OpenAIView):
@@ -102,6 +118,6 @@ class ChatCompletionsApi(OpenAIView):
 
 
 class ModelListApi(OpenAIView):
-    @extend_schema(operation_id="v1_models", responses={200: serializers.DictField(), **_errors(401, 403)}, tags=["openai"])
+    @extend_schema(operation_id="v1_models", responses={200: ModelListOut, **_errors(401, 403)}, tags=["openai"])
     def get(self, request):
         return Response({"object": "list", "data": services.chat_models()})

@@ -75,3 +75,19 @@ def tiny_policy_other(tmp_path_factory) -> str:
     from tests.tiny import save_tiny_policy
 
     return save_tiny_policy(tmp_path_factory.mktemp("tiny-policy-other"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward(tmp_path_factory) -> str:
+    """A tiny random reward model directory (the proxy reward of RL tests)."""
+    from tests.tiny import save_tiny_reward
+
+    return save_tiny_reward(tmp_path_factory.mktemp("tiny-reward"), seed=3, scale=20.0)
+
+
+@pytest.fixture(scope="session")
+def tiny_gold(tmp_path_factory) -> str:
+    """A second tiny reward model with other weights (the monitor's gold reward)."""
+    from tests.tiny import save_tiny_reward
+
+    return save_tiny_reward(tmp_path_factory.mktemp("tiny-gold"), seed=4, scale=20.0)

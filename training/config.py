@@ -117,6 +117,115 @@ class DPOConfig(TrainConfig):
             raise ValueError("reference must be precompute or live")
 
 
+ADVANTAGES = ("rloo", "grpo")
+GRPO_LOSSES = ("dapo", "grpo")
+
+
+@dataclass
+class RLConfig(TrainConfig):
+    """Online RL from a reward model: each step samples a rollout from the current policy on
+    ``prompts_per_rollout`` prompts (``k`` samples each), scores it with the reward model and
+    optimises on it. ``max_steps`` counts rollouts (0: ``epochs`` passes over the prompts)."""
+
+    lr: float = 1e-6
+    reward_model: str = ""  # the reward model optimised against (a directory or a reward version's spec); required
+    gold_model: str = ""  # a second reward model for the overoptimisation monitor (trained on other data); empty: none
+    k: int = 2  # samples per prompt in a rollout
+    prompts_per_rollout: int = 8  # prompts per rollout: k * prompts_per_rollout episodes per step
+    max_new_tokens: int = 64  # per response
+    temperature: float = 1.0  # sampling temperature of the rollout
+    top_p: float = 1.0  # nucleus mass of the rollout
+    beta: float = 0.05  # KL coefficient toward the reference (the starting policy)
+    ppo_epochs: int = 1  # optimisation passes over each rollout
+    num_minibatches: int = 1  # minibatches per pass (each one optimiser step)
+    clip_eps: float = 0.2  # the ratio is clipped to [1 - clip_eps, 1 + clip_eps]
+    missing_eos_penalty: float = 0.0  # subtracted from the score of a response that hit max_new_tokens without EOS; 0: off
+    monitor_every: int = 0  # rollouts between overoptimisation measurements on the eval prompts (0: at the end only)
+    monitor_max_prompts: int = 32  # eval prompts the monitor samples (one response each, fixed seed)
+    lr_schedule: str = "constant"  # constant (TRL's RL default) | cosine (with warmup_ratio)
+    warmup_ratio: float = 0.0
+    max_length: int = 1024
+    max_prompt_length: int = 512
+    min_response_tokens: int = 1
+    activation_checkpointing: bool = False  # RL trains on short rollouts: speed first
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("k", "prompts_per_rollout", "max_new_tokens", "ppo_epochs", "num_minibatches", "monitor_max_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        for name in ("beta", "missing_eos_penalty", "monitor_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError("clip_eps must be in (0, 1)")
+        if (self.k * self.prompts_per_rollout) % self.num_minibatches:
+            raise ValueError("k * prompts_per_rollout must be divisible by num_minibatches")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError("lr_schedule must be constant or cosine")
+
+
+@dataclass
+class PPOConfig(RLConfig):
+    """PPO as InstructGPT trains it (Ouyang et al. 2022; TRL's former PPOTrainer): a value head
+    on the policy, per-token KL penalty in the reward, GAE, clipped policy and value losses."""
+
+    k: int = 1
+    ppo_epochs: int = 4
+    lr: float = 3e-6
+    vf_coef: float = 0.1  # weight of the value loss
+    cliprange_value: float = 0.2  # the value prediction is clipped to old ± this
+    gamma: float = 1.0  # discount
+    lam: float = 0.95  # GAE λ
+    whiten_advantages: bool = True  # advantages normalised to mean 0, std 1 over the rollout's tokens
+    target_kl: float = 0.0  # adaptive KL controller (Ziegler et al. 2019) toward this per-sequence KL; 0: fixed beta
+    kl_horizon: int = 10000  # the controller's horizon in episodes
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("vf_coef", "cliprange_value", "target_kl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0 < self.gamma <= 1 or not 0 <= self.lam <= 1:
+            raise ValueError("gamma must be in (0, 1] and lam in [0, 1]")
+        if self.kl_horizon < 1:
+            raise ValueError("kl_horizon must be >= 1")
+
+
+@dataclass
+class RLOOConfig(RLConfig):
+    """REINFORCE leave-one-out (Ahmadian et al. 2024, as TRL's RLOOTrainer): the sequence's
+    reward minus β·KL, baseline = the mean reward of the other k − 1 samples of its prompt,
+    a clipped sequence-level ratio; no value network."""
+
+    k: int = 4
+    advantage: str = "rloo"  # rloo: leave-one-out baseline | grpo: (r - group mean) / (group std + 1e-4)
+    normalize_advantages: bool = False  # rloo: advantages normalised over the rollout
+    loss_type: str = "dapo"  # grpo: dapo (token losses summed / all tokens, TRL's default) | grpo (per-sequence mean)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.k < 2:
+            raise ValueError("k must be >= 2: the baseline is the other samples of the same prompt")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"advantage must be one of {', '.join(ADVANTAGES)}")
+        if self.loss_type not in GRPO_LOSSES:
+            raise ValueError(f"loss_type must be one of {', '.join(GRPO_LOSSES)}")
+
+
+@dataclass
+class GRPOConfig(RLOOConfig):
+    """GRPO (Shao et al. 2024, as TRL's GRPOTrainer by default): group-normalised advantages,
+    per-token clipped ratio, KL as a per-token loss term (k3) when beta > 0."""
+
+    advantage: str = "grpo"
+    beta: float = 0.0  # TRL's GRPO default: no reference model
+
+
 # ---------------------------------------------------------------- loading
 
 

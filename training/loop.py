@@ -99,9 +99,11 @@ def step_schedule(n_rows: int, cfg: TrainConfig) -> Iterator[list[list[int]]]:
 
 
 def save_checkpoint(out_dir: Path, *, step: int, model, tokenizer, cfg: TrainConfig, metrics: list[dict],
-                    optimizer=None, scheduler=None, extra: dict | None = None, final: bool = False) -> Path:
+                    optimizer=None, scheduler=None, extra: dict | None = None, final: bool = False,
+                    write_extra: Callable[[Path], None] | None = None) -> Path:
     """``out_dir/checkpoint-<step>`` (or ``out_dir`` itself when ``final``): safetensors
-    weights, config, tokenizer, metrics, and the optimiser / schedule / RNG state to resume."""
+    weights, config, tokenizer, metrics, and the optimiser / schedule / RNG state to resume;
+    ``write_extra(dir)`` adds a recipe's own files (e.g. a value head) before it is committed."""
     target = out_dir if final else out_dir / f"checkpoint-{step:07d}"
     tmp = out_dir / f".tmp-{step}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -119,6 +121,8 @@ def save_checkpoint(out_dir: Path, *, step: int, model, tokenizer, cfg: TrainCon
     if optimizer is not None:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "torch_rng": torch.get_rng_state(), "step": step}, tmp / "trainer_state.pt")
+    if write_extra is not None:
+        write_extra(tmp)
     if final:
         for item in tmp.iterdir():
             dest = out_dir / item.name

@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from training.data import prompt_tokens
+from training.models import backbone, unwrap
 from training.nucleus import NucleusSampler
 from training.params import SamplingParams
 from training.seeds import mix_seed
@@ -89,7 +90,7 @@ def _prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, devic
     if drop_last:
         ids, mask = ids[:, :-1], mask[:, :-1]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate derives them from the mask
-    out = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
+    out = backbone(model)(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True)
     cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
     repeats = torch.tensor(counts, device=device)
     for i, layer in enumerate(cache.layers):
@@ -108,7 +109,7 @@ def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int
     remaining steps cost less; no logits are kept. Returns the tokens ``(B, G)`` (pad after
     EOS) and each token's raw-policy log-prob ``(B, G)``."""
     cache, mask, positions, hidden = _prefill(model, seqs, counts, pad_id, device, reserve=max_new_tokens)
-    head = model.get_output_embeddings()
+    head = unwrap(model).get_output_embeddings()
     rows = hidden.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((rows, max_new_tokens), device=device)
@@ -127,7 +128,7 @@ def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int
                 layer.batch_select_indices(keep)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions + 1
-        out = model.base_model(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions.unsqueeze(-1),
+        out = backbone(model)(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions.unsqueeze(-1),
                                cache=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
     return tokens, logps

@@ -62,4 +62,31 @@ def test_reviewer_reads_quality_and_admin_queues_a_judge(live_server, page, monk
     page.click("#judge-list button:has-text('Judge pending')")
     page.wait_for_selector("text=judge:smol queued")
     assert queued == [("workers.tasks.judge_pending", [campaign.pk, judge.pk], "gpu")]
+
+    # The admin adds an endpoint judge and makes it the training judge, in the console.
+    page.click("#judge-add summary")
+    form = page.locator("#judge-add form")
+    form.locator("input[name=name]").fill("remote")
+    form.locator("select[name=kind]").select_option("openai")
+    form.locator("input[name=model]").fill("policy-v1")
+    form.locator("input[name=base_url]").fill("http://127.0.0.1:9/v1")
+    form.locator("button[type=submit]").click()
+    page.wait_for_selector("text=judge:remote added")
+    assert Judge.objects.get(campaign=campaign, name="remote").base_url == "http://127.0.0.1:9/v1"
+    page.select_option("#gate-form select[name=training_judge]", "remote")
+    page.fill("#gate-form input[name=judge_gate_min_agreement]", "0.9")
+    page.click("#gate-form button[type=submit]")
+    page.wait_for_selector("text=training judge judge:remote")
+    assert page.get_attribute("#judge-gate", "data-open") == "false"  # the new judge has agreed with nobody yet
+    campaign.refresh_from_db()
+    assert (campaign.training_judge.name, campaign.judge_gate_min_agreement) == ("remote", 0.9)
+
+    # The guideline editor: publish a second version, read the diff.
+    page.goto(f"{base}/console/q/")
+    page.click("#guideline-link")
+    page.fill("#guideline-text", page.input_value("#guideline-text") + "\nPrefer answers that cite a source.")
+    page.click("#editor button[type=submit]")
+    page.wait_for_selector("text=Version 2 published")
+    assert "+Prefer answers that cite a source." in page.inner_text("#diff .add")
+    assert campaign.guidelines.count() == 2
     assert page.js_errors == []
