@@ -354,6 +354,36 @@ def campaign_reward_model(*, campaign: Campaign) -> ModelVersion | None:
             .order_by("-training_run__finished_at", "-pk").first())
 
 
+def campaign_prompt_messages(*, campaign: Campaign, split: str) -> list[list[dict]]:
+    """The message lists of the campaign's prompts of one split, oldest first."""
+    return list(Prompt.objects.filter(campaign=campaign, split=split).order_by("pk").values_list("messages", flat=True))
+
+
+def online_reward_models(*, campaign: Campaign, config: dict) -> tuple[ModelVersion, ModelVersion | None]:
+    """(reward model, gold model or None) of a PPO / RLOO / GRPO run: ``config["reward_model"]``
+    names a reward version (empty: the campaign's latest), ``config["gold_model"]`` another one
+    for the overoptimisation monitor. ``InvalidInput`` saying what is missing."""
+    def named(key: str) -> ModelVersion | None:
+        name = (config or {}).get(key) or ""
+        if not name:
+            return None
+        version = ModelVersion.objects.filter(name=name, kind=ModelVersion.Kind.REWARD).first()
+        if version is None:
+            raise InvalidInput(f"{key}: '{name}' is not a reward-model version.", details={"field": "config"})
+        return version
+
+    reward = named("reward_model") or campaign_reward_model(campaign=campaign)
+    if reward is None:
+        raise InvalidInput(f"PPO, RLOO and GRPO optimise against a reward model, and campaign '{campaign.slug}' has none yet: "
+                           "train one first (kind=reward), or name a reward version in the config (reward_model).",
+                           details={"field": "kind"})
+    gold = named("gold_model")
+    if gold is not None and gold.pk == reward.pk:
+        raise InvalidInput("gold_model must be another reward model than reward_model (the one being optimised).",
+                           details={"field": "config"})
+    return reward, gold
+
+
 def model_version_root(*, version: ModelVersion) -> ModelVersion:
     """The version's root ancestor: the registered base model it was trained from, through its parents."""
     seen = {version.pk}

@@ -231,3 +231,32 @@ def test_config_form_helpers_keep_only_changed_values_and_name_the_key():
     assert config_form.config_from_form(DPOConfig, {"beta": "high"}) == {"beta": "high"}  # the service says why
     assert config_form.config_error_field("Invalid dpo config: beta: could not convert", DPOConfig) == "beta"
     assert config_form.config_error_field("Invalid dpo config: unknown config key(s) for DPOConfig: betta", DPOConfig) is None
+
+
+def test_rl_run_page_plots_scores_against_kl_and_marks_the_chosen_checkpoint(campaign, base, admin_user):
+    from annotation.models import ModelVersion
+
+    ModelVersion.objects.create(name="rm-x", kind="reward", base="some/rm", artifact_path="/tmp/rm")
+    run = services.training_run_create(campaign=campaign, kind="ppo", config={"reward_model": "rm-x"}, base_version=base)
+    services.training_run_start(run_id=run.pk, device="cpu", data_manifest={"prompts": 4})
+    # Gao et al.'s shape: the proxy keeps rising with KL, the gold score peaks at step 20, then falls.
+    for step, kl, proxy, gold in [(0, 0.0, 0.1, 0.1), (10, 1.0, 0.5, 0.4), (20, 2.5, 0.9, 0.6), (30, 5.0, 1.4, 0.2)]:
+        services.training_run_log(run_id=run.pk, step=step, metrics={"monitor/kl": kl, "monitor/proxy_score": proxy,
+                                                                     "monitor/gold_score": gold})
+    services.training_run_log(run_id=run.pk, step=30, metrics={"objective/kl": 4.0, "objective/scores": 1.3, "loss/policy_avg": 0.1})
+    page = client_for(admin_user).get(f"/console/runs/{run.pk}/").content.decode()
+    assert 'id="frontier"' in page and 'data-group="scores"' in page and 'data-group="kl"' in page
+    assert re.search(r'id="frontier-best" data-step="20"', page) and "chosen: step 20" in page
+    assert page.count('class="gold"><title>') == 4 and page.count('class="proxy"><title>') == 4
+    dpo, _ = finished_run(campaign, base)
+    other = client_for(admin_user).get(f"/console/runs/{dpo.pk}/").content.decode()
+    assert 'id="frontier"' not in other and 'data-group="kl"' not in other
+
+
+def test_start_form_offers_the_rl_kinds_and_says_when_there_is_no_reward_model(campaign, base, admin_user):
+    c = client_for(admin_user)
+    form = c.get(f"/console/{campaign.slug}/run-form/?kind=grpo").content.decode()
+    assert 'name="cfg-reward_model"' in form and 'name="cfg-k"' in form and 'name="cfg-model"' not in form
+    r = c.post(f"/console/{campaign.slug}/runs/", {"kind": "rloo"})
+    assert r.status_code == 400 and "has none yet: train one first" in r.content.decode()
+    assert not TrainingRun.objects.filter(kind="rloo").exists()

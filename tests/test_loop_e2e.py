@@ -145,3 +145,28 @@ def test_cancel_from_the_api_stops_within_one_step_and_one_active_run_per_kind(w
     assert last <= logged + 1 and stopped.step <= logged + 1 and stopped.step < 500  # at most the step under way
     assert not ModelVersion.objects.filter(training_run=stopped).exists()
     print(f"cancel: {logged} step(s) logged when cancelled, stopped at {stopped.step} of {stopped.total_steps}")
+
+
+def test_a_worker_runs_ppo_end_to_end_with_the_monitor(worker, campaign, api, admin_user, tiny_reward, tiny_gold):
+    """kind=ppo through the API: refused while the campaign has no reward model, then trained by
+    the real worker against a reward version with a gold version watching: rollout metrics and
+    monitor rows stored, the chosen (best-gold) checkpoint registered as the new version."""
+    client = api(admin_user)
+    config = {"prompts_per_rollout": 2, "max_new_tokens": 5, "max_steps": 2, "log_every": 1, "monitor_every": 1, "lr": 1e-3}
+    r = client.post("/api/training-runs/", {"campaign": campaign.slug, "kind": "ppo", "config": config}, format="json")
+    assert r.status_code == 400 and "reward model" in r.json()["error"]["message"]
+    assert not TrainingRun.objects.filter(kind="ppo").exists()
+    rm = ModelVersion.objects.create(name="rm-tiny", kind="reward", base=tiny_reward, artifact_path=tiny_reward)
+    ModelVersion.objects.create(name="gold-tiny", kind="reward", base=tiny_gold, artifact_path=tiny_gold)
+    run = start(client, campaign, "ppo", {**config, "reward_model": rm.name, "gold_model": "gold-tiny"})
+    assert follow(run["id"], log=worker)[-1] == "succeeded", worker.read_text()[-3000:]
+    done = TrainingRun.objects.get(pk=run["id"])
+    assert done.data_manifest["reward_model"] == "rm-tiny" and done.data_manifest["gold_model"] == "gold-tiny"
+    assert done.data_manifest["eval_prompts"] == 3 and done.data_manifest["prompts"] >= 3
+    names = set(done.metric_rows.values_list("name", flat=True))
+    assert {"objective/kl", "objective/scores", "loss/policy_avg", "loss/value_avg", "policy/clipfrac_avg",
+            "monitor/proxy_score", "monitor/gold_score", "monitor/kl"} <= names
+    gold = dict(done.metric_rows.filter(name="monitor/gold_score").values_list("step", "value"))
+    assert sorted(gold) == [0, 1, 2]
+    version = ModelVersion.objects.get(training_run=done)
+    assert version.kind == "policy" and version.metrics.get("chosen_step") == max(gold, key=lambda s: (gold[s], -s))

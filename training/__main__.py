@@ -2,8 +2,9 @@
 
     python -m training sample --model SPEC --prompts FILE.jsonl --k 2 --out OUT.jsonl
     python -m training KIND --data FILE.jsonl --model SPEC --out DIR [--config FILE.toml] [key=value ...]
+    python -m training {ppo,rloo,grpo} --data PROMPTS.jsonl [--eval-data PROMPTS.jsonl] --out DIR reward_model=DIR [gold_model=DIR] [key=value ...]
 
-KIND is a recipe of ``training/recipes.py`` (sft, reward, dpo).
+KIND is a recipe of ``training/recipes.py`` (sft, reward, dpo, ppo, rloo, grpo).
 """
 
 from __future__ import annotations
@@ -66,7 +67,12 @@ def cmd_train(args) -> None:
         shown = {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items() if k != "step"}
         print(json.dumps({"step": step, **shown}), file=sys.stderr)
 
-    result, data_report = recipe.train(cfg, rows, args.out, on_metrics=log, progress=True)
+    kw = {}
+    if getattr(args, "eval_data", None):
+        kw["eval_records"], eval_report = recipe.read(args.eval_data)
+        for error in eval_report.errors:
+            print(f"{args.eval_data}: {error} (skipped)", file=sys.stderr)
+    result, data_report = recipe.train(cfg, rows, args.out, on_metrics=log, progress=True, **kw)
     d = data_report.as_dict()
     print(f"{args.command}: {result.status} after {result.step} step(s); rows kept {d['kept']}/{d['rows']}, "
           f"truncated {d['truncated']}, dropped as too long {d['dropped_too_long']}; model in {args.out}", file=sys.stderr)
@@ -89,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
     for recipe in RECIPES.values():
         t = sub.add_parser(recipe.kind, help=recipe.help, description=f"{recipe.help}; key=value overrides any config field (unknown keys are errors)")
-        t.add_argument("--data", required=True, help="JSONL: preference rows (TRL or HH)" + (", or prompt/completion rows" if recipe.data == "sft" else ""))
+        if recipe.online:
+            t.add_argument("--data", required=True, help="JSONL prompts: {prompt} or {messages} rows (or preference rows: their prompts)")
+            t.add_argument("--eval-data", default=None, help="JSONL prompts for the overoptimisation monitor (proxy / gold score, KL)")
+        else:
+            t.add_argument("--data", required=True, help="JSONL: preference rows (TRL or HH)" + (", or prompt/completion rows" if recipe.data == "sft" else ""))
         t.add_argument("--model", default=None, help=f"HF id, local directory or {EMBEDDED!r} (default from the config)")
         t.add_argument("--out", required=True, help="output directory (checkpoints, final model, metrics)")
         t.add_argument("--config", default=None, help="TOML file with config fields")

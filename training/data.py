@@ -193,6 +193,29 @@ def read_sft(path: str | Path, report: Report | None = None) -> tuple[list[tuple
     return _read_jsonl(path, report, _sft_row), report
 
 
+def _prompt_row(row: dict) -> list[dict]:
+    """A prompt for online RL: ``{"prompt"}`` / ``{"messages"}`` (a trailing assistant turn
+    dropped), or a preference row's prompt."""
+    from training.formats import prompt_from_row
+
+    if "chosen" in row:
+        return _preference(row).prompt
+    if isinstance(row.get("messages"), list) and row["messages"] and isinstance(row["messages"][-1], dict) \
+            and row["messages"][-1].get("role") == "assistant":
+        row = {"messages": row["messages"][:-1]}
+    return prompt_from_row({k: v for k, v in row.items() if k in ("prompt", "messages")})
+
+
+def read_prompts(path: str | Path, report: Report | None = None) -> tuple[list[list[dict]], Report]:
+    """Prompts (message lists) from JSONL for PPO / RLOO / GRPO: prompt rows, chat rows or
+    preference rows (their prompt), each distinct prompt once."""
+    report = report or Report()
+    rows = _read_jsonl(path, report, _prompt_row)
+    unique = list({json.dumps(r, sort_keys=True): r for r in rows}.values())
+    report.rows, report.kept = len(rows) + len(report.errors), len(unique)
+    return unique, report
+
+
 def split_rows(rows: list, *, eval_fraction: float, seed: int = 0) -> tuple[list, list]:
     """Deterministic train / eval split: a seeded permutation, the first (1 - f) for training."""
     import random

@@ -190,6 +190,7 @@ class Result:
     step: int
     metrics: list[dict] = field(default_factory=list)
     output: Path | None = None
+    info: dict = field(default_factory=dict)  # what a recipe says about its output (e.g. the monitor's chosen step)
 
 
 def train_loop(

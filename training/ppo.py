@@ -27,6 +27,7 @@ import torch
 
 from training import losses
 from training.config import PPOConfig  # torch-free, beside every recipe's config: see there
+from training.data import Report
 from training.loop import Result
 from training.rl import Rollout, load_models, rl_loop, to_padded, train_stats
 
@@ -71,12 +72,15 @@ def train(
     prompts: list[list[dict]],
     out_dir: str | Path,
     *,
-    eval_prompts: list[list[dict]] | None = None,
+    eval_records: list[list[dict]] | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     progress: bool = False,
-) -> Result:
+) -> tuple[Result, Report]:
+    """Train on ``prompts`` (message lists); ``eval_records``: the monitor's eval prompts."""
+    eval_prompts = eval_records
+    report = Report(rows=len(prompts), kept=len(prompts))
     # ---- setup
     models = load_models(cfg, value_head=True, needs_reference=True)
     kl_ctl = losses.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl else None
@@ -95,9 +99,10 @@ def train(
             kl_ctl.value = state["beta"]
 
     # ---- train
-    return rl_loop(
+    result = rl_loop(
         cfg=cfg, models=models, prompts=prompts, eval_prompts=eval_prompts or [], algorithm="ppo",
         prepare=lambda r: prepare(r, cfg, beta()), loss=lambda r, rows: minibatch_loss(models, r, rows, cfg),
         extra_state=lambda: {"beta": beta()}, load_extra_state=load_state, after_rollout=after_rollout,
         out_dir=Path(out_dir), on_metrics=on_metrics, on_progress=on_progress, should_cancel=should_cancel, progress=progress,
     )
+    return result, report

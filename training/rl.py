@@ -454,4 +454,5 @@ def rl_loop(
         extra["best_gold"] = best
         save(step, final=True)
     policy.eval()
-    return Result(status=status, step=step, metrics=metrics, output=out_dir if status == "completed" else None)
+    info = {k: extra[k] for k in ("chosen_step", "best_gold") if k in extra}
+    return Result(status=status, step=step, metrics=metrics, output=out_dir if status == "completed" else None, info=info)

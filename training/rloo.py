@@ -25,6 +25,7 @@ import torch
 
 from training import losses
 from training.config import RLOOConfig  # torch-free, beside every recipe's config: see there
+from training.data import Report
 from training.loop import Result
 from training.rl import Rollout, load_models, rl_loop, to_padded, train_stats
 
@@ -82,12 +83,15 @@ def train(
     prompts: list[list[dict]],
     out_dir: str | Path,
     *,
-    eval_prompts: list[list[dict]] | None = None,
+    eval_records: list[list[dict]] | None = None,
     on_metrics: Callable[[int, dict], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     progress: bool = False,
-) -> Result:
+) -> tuple[Result, Report]:
+    """Train on ``prompts`` (message lists); ``eval_records``: the monitor's eval prompts."""
+    eval_prompts = eval_records
+    report = Report(rows=len(prompts), kept=len(prompts))
     # ---- setup: a reference only when something reads it
     needs_reference = bool(cfg.beta) or (bool(eval_prompts) and bool(cfg.gold_model or cfg.monitor_every))
     models = load_models(cfg, needs_reference=needs_reference)
@@ -97,8 +101,9 @@ def train(
         stats.update({"advantages/mean": adv.mean().item(), "advantages/std": adv.std().item() if adv.numel() > 1 else 0.0})
 
     # ---- train
-    return rl_loop(
+    result = rl_loop(
         cfg=cfg, models=models, prompts=prompts, eval_prompts=eval_prompts or [], algorithm=cfg.advantage,
         prepare=lambda r: prepare(r, cfg), loss=lambda r, rows: minibatch_loss(models, r, rows, cfg), after_rollout=after_rollout,
         out_dir=Path(out_dir), on_metrics=on_metrics, on_progress=on_progress, should_cancel=should_cancel, progress=progress,
     )
+    return result, report

@@ -43,7 +43,6 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     ``on_progress(step, total)`` is called at every step (a caller's progress bar)."""
     from training.config import config_from
     from training.data import manifest
-    from training.models import resolve_device
     from training.recipes import recipe_for
 
     run = TrainingRun.objects.select_related("base_version", "campaign").get(pk=run_id)
@@ -51,6 +50,11 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
         return run.status  # cancelled before it started, or already finished
     try:
         recipe = recipe_for(run.kind)
+    except ValueError as exc:
+        return _finish(run_id, TrainingRun.Status.FAILED, error=str(exc))
+    if recipe.online:
+        return _run_online(run, recipe, on_progress=on_progress, evaluate=evaluate)
+    try:
         cfg = config_from(recipe.config_cls, None, {**run.config, "model": run.base_version.spec})
         on_policy = run.data_scope == TrainingRun.DataScope.ON_POLICY
         gate = judge_gate(campaign=run.campaign) if run.campaign else None  # read once: the data and the manifest
@@ -67,6 +71,37 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     except Exception as exc:  # a config or data problem: the run records why
         return _finish(run_id, TrainingRun.Status.FAILED, error=str(exc))
     data_manifest = {**manifest(records), "scope": run.data_scope, "judge_gate": gate["reason"] if gate else None, "unusable": len(problems), "problems": problems[:MAX_PROBLEMS_KEPT]}
+    return _train(run, recipe, cfg, rows, data_manifest, on_progress=on_progress, evaluate=evaluate)
+
+
+def _run_online(run: TrainingRun, recipe, *, on_progress=None, evaluate: bool = True) -> str:
+    """PPO / RLOO / GRPO: the campaign's training prompts, its eval prompts for the monitor,
+    the reward model (and gold model) resolved from version names to their weights."""
+    from training.config import config_from
+
+    try:
+        reward, gold = selectors.online_reward_models(campaign=run.campaign, config=run.config)
+        overrides = {**run.config, "model": run.base_version.spec, "reward_model": reward.spec,
+                     "gold_model": gold.spec if gold else ""}
+        cfg = config_from(recipe.config_cls, None, overrides)
+        prompts = selectors.campaign_prompt_messages(campaign=run.campaign, split="train")
+        eval_prompts = selectors.campaign_prompt_messages(campaign=run.campaign, split="eval")
+        if not prompts:
+            raise ValueError(f"campaign '{run.campaign.slug}' has no training prompts")
+    except Exception as exc:
+        return _finish(run.pk, TrainingRun.Status.FAILED, error=str(getattr(exc, "message", exc)))
+    data_manifest = {"prompts": len(prompts), "eval_prompts": len(eval_prompts), "reward_model": reward.name,
+                     "gold_model": gold.name if gold else None}
+    return _train(run, recipe, cfg, prompts, data_manifest, on_progress=on_progress, evaluate=evaluate,
+                  eval_records=eval_prompts)
+
+
+def _train(run: TrainingRun, recipe, cfg, rows: list, data_manifest: dict, *, on_progress=None, evaluate: bool = True,
+           **train_kw) -> str:
+    """Start the run, train it (progress, metrics, cancel), register its output."""
+    from training.models import resolve_device
+
+    run_id = run.pk
     # A redelivered task (the worker died mid-run: acks_late) finds the run RUNNING and resumes
     # it from its last checkpoint in the same directory.
     if services.training_run_start(run_id=run_id, device=str(resolve_device(cfg.device)), data_manifest=data_manifest) is None:
@@ -93,7 +128,8 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
 
     try:
         result, report = recipe.train(cfg, rows, out, should_cancel=cancelled, on_progress=progress,
-                                      on_metrics=lambda step, m: services.training_run_log(run_id=run_id, metrics=m, step=step))
+                                      on_metrics=lambda step, m: services.training_run_log(run_id=run_id, metrics=m, step=step),
+                                      **train_kw)
     except Exception as exc:  # the run records why; the task does not retry a failed training
         logger.exception("training run %s failed", run_id)
         write_progress()
@@ -105,7 +141,7 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     final = {k: v for m in result.metrics if m.get("step") == result.step for k, v in m.items()}
     try:
         version = services.training_run_finish(run_id=run_id, status=TrainingRun.Status.SUCCEEDED, artifact_path=str(out),
-                                               final_metrics={**final, "data_report": report.as_dict()})
+                                               final_metrics={**final, **result.info, "data_report": report.as_dict()})
     except Exception as exc:  # never leave a finished run RUNNING
         logger.exception("training run %s: could not register its output", run_id)
         return _finish(run_id, TrainingRun.Status.FAILED,

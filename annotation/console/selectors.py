@@ -232,3 +232,31 @@ def model_version_evaluation(*, version: ModelVersion | None, campaign: Campaign
     if version is None or campaign is None:
         return None
     return Evaluation.objects.filter(campaign=campaign, candidate=version).order_by("-created_at", "-pk").first()
+
+
+def monitor_frontier(*, run, width: int = 420, height: int = 240) -> dict | None:
+    """The overoptimisation monitor's measurements as an SVG plot: proxy and gold score against
+    KL to the reference, one point per measurement in step order, the best-gold one marked (the
+    checkpoint the run outputs). None when the run has no monitor rows with a KL."""
+    series = selectors.training_run_series(run=run, names=["monitor/kl", "monitor/proxy_score", "monitor/gold_score"])
+    kl, proxy, gold = (dict(series[n]) for n in ("monitor/kl", "monitor/proxy_score", "monitor/gold_score"))
+    steps = [s for s in sorted(kl) if s in proxy and kl[s] is not None and proxy[s] is not None]
+    if not steps:
+        return None
+    left, right, top, bottom = 44, width - 8, 8, height - 18
+    xs = [kl[s] for s in steps]
+    ys = [proxy[s] for s in steps] + [gold[s] for s in steps if gold.get(s) is not None]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    sx = lambda v: round(left + (v - x0) / ((x1 - x0) or 1) * (right - left), 1)  # noqa: E731
+    sy = lambda v: round(bottom - (v - y0) / ((y1 - y0) or 1) * (bottom - top), 1)  # noqa: E731
+    points = [{"step": s, "kl": kl[s], "proxy": proxy[s], "gold": gold.get(s), "x": sx(kl[s]), "proxy_y": sy(proxy[s]),
+               "gold_y": sy(gold[s]) if gold.get(s) is not None else None} for s in steps]
+    with_gold = [p for p in points if p["gold"] is not None]
+    best = max(with_gold, key=lambda p: (p["gold"], -p["step"])) if with_gold else None
+    if best is not None:
+        best = {**best, "label_y": max(top + 10, best["gold_y"] - 12)}
+    return {"width": width, "height": height, "left": left, "right": right, "top": top, "bottom": bottom, "points": points,
+            "proxy_path": " ".join(f"{p['x']},{p['proxy_y']}" for p in points),
+            "gold_path": " ".join(f"{p['x']},{p['gold_y']}" for p in with_gold), "best": best,
+            "kl_min": x0, "kl_max": x1, "y_min": y0, "y_max": y1}

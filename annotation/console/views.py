@@ -215,7 +215,9 @@ def _run_context(request, run: TrainingRun) -> dict:
 def run(request, run_id: int):
     run = _run(request, run_id)
     config = {k: config_form.show(v) for k, v in console.training_run_effective_config(run=run).items()}
-    context = {**_run_context(request, run), "config": config}
+    recipe = RECIPES.get(run.kind)
+    context = {**_run_context(request, run), "config": config, "online": bool(recipe and recipe.online),
+               "frontier": console.monitor_frontier(run=run)}
     return render(request, "console/run.html", context)
 
 

@@ -47,6 +47,10 @@ def training_run_create(
     except ValidationError as exc:
         field, (message, *_) = next(iter(exc.message_dict.items()))
         raise InvalidInput(message, details={"field": field}) from None
+    from training.recipes import recipe_for
+
+    if recipe_for(kind).online:  # refused now, not failed later: it needs a reward model
+        selectors.online_reward_models(campaign=campaign, config=config)
     user = created_by if created_by is not None and created_by.is_authenticated else None
     with transaction.atomic():
         base = base_version or campaign_policy_ensure(campaign=campaign)

@@ -186,3 +186,32 @@ def test_ppo_with_lora_uses_the_adapters_disabled_as_reference(tiny_policy, tiny
     # The first rollout is sampled before any update: policy = reference, so the KL is exactly 0.
     assert row["objective/kl"] == pytest.approx(0.0, abs=1e-6) and math.isfinite(row["loss"])
     assert (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_cli_trains_grpo_from_a_prompt_file_without_django(tiny_policy, tiny_reward, tiny_gold, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.processes import ROOT, base_env
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("\n".join(json.dumps({"messages": p}) for p in PROMPTS) + "\n{not json}\n")
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("\n".join(json.dumps({"prompt": p[0]["content"]}) for p in EVAL) + "\n")
+    env = base_env()
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, training.__main__ as m; m.main(sys.argv[1:]); "
+         "assert not any(n.startswith('django') for n in sys.modules), 'django imported'",
+         "grpo", "--data", str(data), "--eval-data", str(evals), "--model", tiny_policy, "--out", str(tmp_path / "out"),
+         f"reward_model={tiny_reward}", f"gold_model={tiny_gold}", "k=2", "prompts_per_rollout=2", "max_steps=2",
+         "max_new_tokens=4", "log_every=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "line 5" in out.stderr and "(skipped)" in out.stderr  # the bad line is reported, the rest trains
+    assert "grpo: completed after 2 step(s)" in out.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert "monitor/gold_score" in (tmp_path / "out" / "metrics.jsonl").read_text()
+    missing = subprocess.run([sys.executable, "-m", "training", "ppo", "--data", str(data), "--model", tiny_policy,
+                              "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "reward_model is required" in missing.stderr

@@ -5,7 +5,9 @@
   "use strict";
 
   const GROUPS = {
-    loss: (n) => n === "loss" || n === "eval_loss",
+    loss: (n) => n === "loss" || n === "eval_loss" || n.startsWith("loss/"),
+    scores: (n) => ["objective/scores", "objective/rlhf_reward", "monitor/proxy_score", "monitor/gold_score"].includes(n),
+    kl: (n) => n === "objective/kl" || n === "monitor/kl",
     accuracy: (n) => n.endsWith("accuracy") || n.endsWith("accuracies"),
     margin: (n) => n.endsWith("margin") || n.endsWith("margins"),
     lr: (n) => n === "learning_rate",
