@@ -85,8 +85,8 @@ def test_policy_config_is_validated_like_a_runs(campaign):
         RetrainPolicy(campaign=campaign, kind="dpo", config={"betta": 1}).full_clean()
     assert bad.value.message_dict == {"config": ["Invalid dpo config: unknown config key(s) for DPOConfig: betta"]}
     with pytest.raises(ValidationError) as bad:
-        RetrainPolicy(campaign=campaign, kind="ppo", config={}).full_clean()
-    assert "unknown training kind 'ppo'" in bad.value.message_dict["kind"][0]
+        RetrainPolicy(campaign=campaign, kind="kto", config={}).full_clean()
+    assert "'kto' is not a valid choice" in bad.value.message_dict["kind"][0]
     RetrainPolicy(campaign=campaign, kind="reward", config={"epochs": 2}).full_clean()
 
 

@@ -70,6 +70,8 @@ class TrainingRun(models.Model):
         REWARD = "reward"
         DPO = "dpo"
         PPO = "ppo"
+        RLOO = "rloo"
+        GRPO = "grpo"
 
     class Status(models.TextChoices):
         QUEUED = "queued"

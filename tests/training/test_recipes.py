@@ -7,7 +7,7 @@ import pytest
 
 from tests.processes import ROOT
 from training.__main__ import build_parser
-from training.config import DPOConfig, RewardConfig, SFTConfig
+from training.config import DPOConfig, GRPOConfig, PPOConfig, RewardConfig, RLOOConfig, SFTConfig
 from training.formats import PreferenceRecord
 from training.recipes import RECIPES, recipe_for
 
@@ -15,16 +15,18 @@ TORCH_FREE = "training.recipes", "training.config", "training.seeds", "training.
 
 
 def test_the_registry():
-    assert list(RECIPES) == ["sft", "reward", "dpo"]
+    assert list(RECIPES) == ["sft", "reward", "dpo", "ppo", "rloo", "grpo"]
     assert [(r.config_cls, r.data, r.module) for r in RECIPES.values()] == [
-        (SFTConfig, "sft", "training.sft"), (RewardConfig, "preference", "training.reward"), (DPOConfig, "preference", "training.dpo")]
+        (SFTConfig, "sft", "training.sft"), (RewardConfig, "preference", "training.reward"), (DPOConfig, "preference", "training.dpo"),
+        (PPOConfig, "prompts", "training.ppo"), (RLOOConfig, "prompts", "training.rloo"), (GRPOConfig, "prompts", "training.rloo")]
+    assert [r.online for r in RECIPES.values()] == [False, False, False, True, True, True]
     assert all(r.kind == kind and r.help for kind, r in RECIPES.items())
     assert recipe_for("dpo") is RECIPES["dpo"]
 
 
 def test_unknown_kind_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown training kind 'ppo'; known: sft, reward, dpo"):
-        recipe_for("ppo")
+    with pytest.raises(ValueError, match="unknown training kind 'kto'; known: sft, reward, dpo, ppo, rloo, grpo"):
+        recipe_for("kto")
 
 
 def test_cli_subcommands_are_the_registry():
@@ -38,6 +40,7 @@ def test_cli_subcommands_are_the_registry():
 def test_rows_and_reading():
     records = [PreferenceRecord([{"role": "user", "content": "Hi"}], "Hello!", "Go away.")]
     assert recipe_for("sft").rows_from_preferences(records) == [(records[0].prompt, "Hello!")]
+    assert recipe_for("ppo").rows_from_preferences(records * 2) == [records[0].prompt]  # each prompt once
     assert recipe_for("dpo").rows_from_preferences(records) == records
     data = ROOT / "fixtures" / "tests" / "trl_mixed.jsonl"
     sft_rows, _ = recipe_for("sft").read(data)

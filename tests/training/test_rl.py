@@ -105,7 +105,8 @@ def test_a_few_steps_train_with_finite_losses(cls, extra, tiny_policy, tiny_rewa
 
     cfg = small(cls, tiny_policy, tiny_reward, **extra)
     seen = []
-    result = (ppo if cls is PPOConfig else rloo).train(cfg, PROMPTS, tmp_path / "out", on_metrics=lambda s, m: seen.append(m))
+    result, report = (ppo if cls is PPOConfig else rloo).train(cfg, PROMPTS, tmp_path / "out", on_metrics=lambda s, m: seen.append(m))
+    assert (report.rows, report.kept) == (4, 4)
     assert result.status == "completed" and result.step == 2
     rows = [m for m in seen if "loss" in m]
     assert len(rows) == 2 and all(math.isfinite(m["loss"]) for m in rows)
@@ -134,9 +135,9 @@ def test_resume_equals_an_uninterrupted_run(cls, tiny_policy, tiny_reward, tmp_p
     cfg = small(cls, tiny_policy, tiny_reward, max_steps=3, beta=0.05, **({"k": 2} if cls is RLOOConfig else {"target_kl": 1.0}))
     train(cfg, PROMPTS, tmp_path / "whole")
     calls = iter([False, False, True])  # cancel before the third rollout: a checkpoint at step 2
-    first = train(cfg, PROMPTS, tmp_path / "split", should_cancel=lambda: next(calls, False))
+    first, _ = train(cfg, PROMPTS, tmp_path / "split", should_cancel=lambda: next(calls, False))
     assert first.status == "cancelled" and first.step == 2
-    second = train(cfg, PROMPTS, tmp_path / "split")
+    second, _ = train(cfg, PROMPTS, tmp_path / "split")
     assert second.status == "completed" and second.step == 3
     a, b = load_file(str(tmp_path / "whole" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -152,7 +153,7 @@ def test_the_monitor_picks_the_best_gold_checkpoint(tiny_policy, tiny_reward, ti
     from training.rl import best_gold
 
     cfg = small(RLOOConfig, tiny_policy, tiny_reward, k=2, max_steps=4, monitor_every=1, gold_model=tiny_gold, lr=3e-3)
-    result = rloo.train(cfg, PROMPTS, tmp_path / "out", eval_prompts=EVAL)
+    result, _ = rloo.train(cfg, PROMPTS, tmp_path / "out", eval_records=EVAL)
     monitor = [m for m in result.metrics if "monitor/gold_score" in m]
     assert [m["step"] for m in monitor] == [0, 1, 2, 3, 4]
     assert all(math.isfinite(m["monitor/proxy_score"]) and math.isfinite(m["monitor/kl"]) for m in monitor)
@@ -181,7 +182,7 @@ def test_ppo_with_lora_uses_the_adapters_disabled_as_reference(tiny_policy, tiny
     from training import ppo
 
     cfg = small(PPOConfig, tiny_policy, tiny_reward, lora_r=4, lora_targets=("q_proj", "v_proj"), max_steps=1, beta=0.1)
-    result = ppo.train(cfg, PROMPTS, tmp_path / "out")
+    result, _ = ppo.train(cfg, PROMPTS, tmp_path / "out")
     row = next(m for m in result.metrics if "loss" in m)
     # The first rollout is sampled before any update: policy = reference, so the KL is exactly 0.
     assert row["objective/kl"] == pytest.approx(0.0, abs=1e-6) and math.isfinite(row["loss"])
