@@ -206,6 +206,7 @@ class RLOOConfig(RLConfig):
     advantage: str = "rloo"  # rloo: leave-one-out baseline | grpo: (r - group mean) / (group std + 1e-4)
     normalize_advantages: bool = False  # rloo: advantages normalised over the rollout
     loss_type: str = "dapo"  # grpo: dapo (token losses summed / all tokens, TRL's default) | grpo (per-sequence mean)
+    kl_ratio_correction: bool = True  # grpo with beta > 0: the KL term times the importance ratio (unbiased reverse-KL gradient; TRL's default)
 
     def __post_init__(self):
         super().__post_init__()

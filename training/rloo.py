@@ -7,7 +7,8 @@
   the sequence-level ratio ρ = exp(Σ log π − Σ log π_old).
 - **GRPO** (Shao et al. 2024, as TRL 1.16's ``GRPOTrainer`` by default): advantage = (score −
   group mean) / (group std + 1e-4); per-token ratio, clipped; with β > 0 the k3 KL estimate
-  exp(ref − logp) − (ref − logp) − 1 added to each token's loss; ``loss_type="dapo"`` sums the
+  exp(ref − logp) − (ref − logp) − 1 (times the ratio: ``kl_ratio_correction``) added to each
+  token's loss; ``loss_type="dapo"`` sums the
   token losses over the minibatch and divides by its token count, ``"grpo"`` averages per
   sequence, then over sequences.
 
@@ -59,7 +60,10 @@ def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
     else:
         per_token, ratio, clipped = losses.clipped_policy_loss(new_logp, old_logp, adv[:, None], cfg.clip_eps)
         if cfg.beta and ref_logp is not None:
-            per_token = per_token + cfg.beta * losses.kl_penalty(new_logp, ref_logp, "k3")
+            kl = losses.kl_penalty(new_logp, ref_logp, "k3")
+            if cfg.kl_ratio_correction:  # DeepSeek-V3.2: the unbiased reverse-KL gradient off-policy
+                kl = kl * ratio
+            per_token = per_token + cfg.beta * kl
         if cfg.loss_type == "dapo":
             loss = (per_token * mask).sum() / mask.sum().clamp_min(1)
         else:

@@ -216,3 +216,20 @@ def test_cli_trains_grpo_from_a_prompt_file_without_django(tiny_policy, tiny_rew
     missing = subprocess.run([sys.executable, "-m", "training", "ppo", "--data", str(data), "--model", tiny_policy,
                               "--out", str(tmp_path / "x")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "reward_model is required" in missing.stderr
+
+
+def test_rloo_and_grpo_losses_against_hand_worked_numbers():
+    from training.rloo import policy_loss
+
+    new = torch.log(torch.tensor([[1.5, 0.5]]))
+    old, ref, mask, adv = torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2), torch.tensor([1.0])
+    # GRPO, dapo, β = 0.1: token 1 ρ = 1.5 → −1.2 + 0.1·1.5·k3, k3 = 1/1.5 + ln 1.5 − 1; token 2 ρ = 0.5 → −0.5 + 0.1·0.5·(2 − ln 2 − 1)
+    k3_a, k3_b = 1 / 1.5 + math.log(1.5) - 1, 2 - math.log(2) - 1
+    want = ((-1.2 + 0.1 * 1.5 * k3_a) + (-0.5 + 0.1 * 0.5 * k3_b)) / 2
+    loss, stats = policy_loss(new, old, ref, mask, adv, GRPOConfig(beta=0.1))
+    assert loss.item() == pytest.approx(want, abs=1e-6) and stats["policy/clipfrac_avg"] == 0.5
+    loss, _ = policy_loss(new, old, ref, mask, adv, GRPOConfig(beta=0.1, kl_ratio_correction=False))
+    assert loss.item() == pytest.approx(((-1.2 + 0.1 * k3_a) + (-0.5 + 0.1 * k3_b)) / 2, abs=1e-6)
+    # RLOO: one sequence-level ratio exp(ln 1.5 + ln 0.5) = 0.75 inside [0.8, 1.2]? no: below, and A > 0 keeps the unclipped −0.75
+    loss, stats = policy_loss(new, old, None, mask, adv, RLOOConfig(k=2))
+    assert loss.item() == pytest.approx(-0.75, abs=1e-6) and stats["policy/clipfrac_avg"] == 0.0
