@@ -61,3 +61,14 @@ def base_env(**extra) -> dict:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **extra})
     return env
+
+
+def worker_env(**extra) -> dict:
+    """The environment of a worker process on this test session's database and broker."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    return base_env(DJANGO_SETTINGS_MODULE="webapp.settings.test",
+                    DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+                    CELERY_BROKER_URL=settings.CELERY_BROKER_URL, **extra)

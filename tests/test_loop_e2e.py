@@ -9,12 +9,12 @@ import time
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import IntegrityError, connection
+from django.db import IntegrityError
 
 from annotation import enqueue, selectors, services
 from annotation.models import Campaign, Evaluation, ModelVersion, PolicyPromotion, Prompt, Response, TrainingRun
 from tests.factories import CampaignFactory, PromptFactory
-from tests.processes import ROOT, base_env, celery_worker, wait_for
+from tests.processes import ROOT, celery_worker, worker_env, wait_for
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.django_db(transaction=True)]
 
@@ -30,11 +30,7 @@ def worker(django_db_setup, tiny_policy, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loop-worker")
     client = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
     client.delete("gpu", "default")  # nothing left over from another run on this broker database
-    db = connection.settings_dict
-    env = base_env(
-        DJANGO_SETTINGS_MODULE="webapp.settings.test",
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
+    env = worker_env(
         PREFLOOP_DEFAULT_POLICY=tiny_policy,
         PREFLOOP_ARTIFACTS_DIR=str(tmp / "artifacts"),
     )

@@ -7,13 +7,12 @@ the local judge's on the same model."""
 
 import pytest
 from django.conf import settings as django_settings
-from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from annotation import services
 from annotation.models import Judge, Vote
 from tests.factories import CampaignFactory, ComparisonFactory
-from tests.processes import base_env, celery_worker
+from tests.processes import celery_worker, worker_env
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.django_db(transaction=True)]
 
@@ -24,13 +23,7 @@ def serve_worker(django_db_setup, tiny_policy, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("serve-worker")
     redis.Redis.from_url(django_settings.CELERY_BROKER_URL).delete("serve")
-    db = connection.settings_dict
-    env = base_env(
-        DJANGO_SETTINGS_MODULE="webapp.settings.test",
-        DATABASE_URL=f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        CELERY_BROKER_URL=django_settings.CELERY_BROKER_URL,
-        PREFLOOP_DEFAULT_POLICY=tiny_policy,
-    )
+    env = worker_env(PREFLOOP_DEFAULT_POLICY=tiny_policy)
     log = tmp / "worker.log"
     with celery_worker(env=env, log=log, queues="serve"):
         yield log

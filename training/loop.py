@@ -184,6 +184,16 @@ def _split_by_tokens(rows: list[int], row_tokens: Callable[[int], int] | None, b
     return out
 
 
+def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> tuple[float, float]:
+    """Clip the gradient (``max_grad_norm`` 0: no clipping), step the optimiser and the schedule;
+    returns (the gradient norm before clipping, the learning rate this step used)."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    return float(grad_norm), lr
+
+
 @dataclass
 class Result:
     status: str  # "completed" or "cancelled"
@@ -269,12 +279,9 @@ def train_loop(
                 (loss * share).backward()
                 for k, v in stats.items():
                     step_stats[k] = step_stats.get(k, 0.0) + float(v) * share
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
-        lr = scheduler.get_last_lr()[0]  # the rate this step uses
-        optimizer.step()
-        scheduler.step()
+        grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step = step_index + 1
-        step_stats.update(grad_norm=float(grad_norm), learning_rate=lr)
+        step_stats.update(grad_norm=grad_norm, learning_rate=lr)
         window.append(step_stats)
         if bar is not None:
             bar.update(1)

@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 from training.config import RLConfig
 from training.data import prompt_tokens
 from training.logprobs import token_logps
-from training.loop import Result, latest_checkpoint, load_weights, optimizer_and_schedule, save_checkpoint
+from training.loop import Result, latest_checkpoint, load_weights, optimizer_and_schedule, optimizer_step, save_checkpoint
 from training.models import load_model, return_freed_memory_to_the_os, unwrap
 from training.packing import Packed, hidden_states, pack
 from training.seeds import mix_seed, seed_everything
@@ -411,11 +411,7 @@ def rl_loop(
                 optimizer.zero_grad(set_to_none=True)
                 value, mb = loss(rollout, rows)
                 value.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm else float("inf"))
-                mb["grad_norm"] = float(grad_norm)
-                mb["learning_rate"] = scheduler.get_last_lr()[0]
-                optimizer.step()
-                scheduler.step()
+                mb["grad_norm"], mb["learning_rate"] = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
                 for k, v in mb.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 n_updates += 1
