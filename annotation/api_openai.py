@@ -19,6 +19,7 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from annotation import services
@@ -66,7 +67,10 @@ class OpenAIView(APIView):
         if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
             return openai_error(401, str(exc.detail) + " Send 'Authorization: Bearer <token>'.", code="invalid_api_key")
         if isinstance(exc, exceptions.APIException):
-            return openai_error(exc.status_code, str(exc.detail), code=getattr(exc, "default_code", None))
+            response = openai_error(exc.status_code, str(exc.detail), code=getattr(exc, "default_code", None))
+            if getattr(exc, "wait", None):
+                response["Retry-After"] = str(int(exc.wait) + 1)
+            return response
         return super().handle_exception(exc)
 
 
@@ -102,13 +106,15 @@ class ChatOut(serializers.Serializer):
 
 def _errors(*codes: int) -> dict:
     words = {400: "Invalid request", 401: "No or bad token", 403: "Not allowed", 404: "No such model",
-             502: "The model worker failed", 504: "No model worker answered in time"}
+             429: "Too many requests (PREFLOOP_CHAT_RATE)", 502: "The model worker failed", 504: "No model worker answered in time"}
     return {code: OpenApiResponse(OpenAIErrorOut, description=words[code]) for code in codes}
 
 
 class ChatCompletionsApi(OpenAIView):
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "chat"  # PREFLOOP_CHAT_RATE per user (60/min): each request costs a model worker seconds
     @extend_schema(operation_id="v1_chat_completions", request=ChatIn,
-                   responses={200: ChatOut, **_errors(400, 401, 403, 404, 502, 504)}, tags=["openai"])
+                   responses={200: ChatOut, **_errors(400, 401, 403, 404, 429, 502, 504)}, tags=["openai"])
     def post(self, request):
         status, body = services.chat_complete(request.data)
         if status != 200:

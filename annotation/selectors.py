@@ -361,15 +361,17 @@ def campaign_prompt_messages(*, campaign: Campaign, split: str) -> list[list[dic
 
 def online_reward_models(*, campaign: Campaign, config: dict) -> tuple[ModelVersion, ModelVersion | None]:
     """(reward model, gold model or None) of a PPO / RLOO / GRPO run: ``config["reward_model"]``
-    names a reward version (empty: the campaign's latest), ``config["gold_model"]`` another one
-    for the overoptimisation monitor. ``InvalidInput`` saying what is missing."""
+    names a reward version of this campaign or a registered one (empty: the campaign's latest),
+    ``config["gold_model"]`` another one for the overoptimisation monitor. ``InvalidInput`` saying what is missing."""
     def named(key: str) -> ModelVersion | None:
         name = (config or {}).get(key) or ""
         if not name:
             return None
-        version = ModelVersion.objects.filter(name=name, kind=ModelVersion.Kind.REWARD).first()
+        # This campaign's reward models, or registered ones (trained elsewhere): not another campaign's.
+        version = (ModelVersion.objects.filter(name=name, kind=ModelVersion.Kind.REWARD)
+                   .filter(Q(training_run__isnull=True) | Q(training_run__campaign=campaign)).first())
         if version is None:
-            raise InvalidInput(f"{key}: '{name}' is not a reward-model version.", details={"field": "config"})
+            raise InvalidInput(f"{key}: '{name}' is not a reward-model version of this campaign.", details={"field": "config"})
         return version
 
     reward = named("reward_model") or campaign_reward_model(campaign=campaign)

@@ -263,12 +263,18 @@ def test_console_configures_judges_and_the_gate(campaign, reviewer, admin_user, 
     viewer.force_login(reviewer)
     url = f"/console/{campaign.slug}/judges/"
     form = {"name": "remote", "kind": "openai", "model": "gpt-judge", "base_url": "https://judge.example/v1",
-            "api_key_env": "JUDGE_KEY", "batch_size": "4", "concurrency": "2", "both_orders": "on", "enabled": "on"}
+            "api_key_env": "JUDGE_API_KEY", "batch_size": "4", "concurrency": "2", "both_orders": "on", "enabled": "on"}
     assert viewer.post(url, form).status_code == 403 and not Judge.objects.filter(name="remote").exists()
     r = admin.post(url, form, follow=True)
     assert "judge:remote added" in r.content.decode()
     remote = Judge.objects.get(campaign=campaign, name="remote")
-    assert (remote.kind, remote.model, remote.api_key_env, remote.concurrency, remote.both_orders) == ("openai", "gpt-judge", "JUDGE_KEY", 2, True)
+    assert (remote.kind, remote.model, remote.api_key_env, remote.concurrency, remote.both_orders) == ("openai", "gpt-judge", "JUDGE_API_KEY", 2, True)
+    # Only a key's variable: never SECRET_KEY or DATABASE_URL sent to someone's base URL as the key.
+    for bad in ("SECRET_KEY", "DATABASE_URL", "openai_api_key"):
+        r = admin.post(url, {**form, "name": f"x-{bad.lower()}", "api_key_env": bad}, follow=True)
+        assert "_API_KEY" in r.content.decode() and not Judge.objects.filter(name=f"x-{bad.lower()}").exists()
+    r = admin.post(url, {**form, "name": "zero", "concurrency": "0"}, follow=True)
+    assert "concurrency: at least 1" in r.content.decode() and not Judge.objects.filter(name="zero").exists()
     # Invalid: an openai judge without a base URL; a duplicate name; a bad number. Nothing changes.
     r = admin.post(url, {**form, "name": "nourl", "base_url": ""}, follow=True)
     assert "base_url" in r.content.decode() and not Judge.objects.filter(name="nourl").exists()
@@ -348,3 +354,15 @@ def test_console_guideline_editor_versions_and_diff(campaign, reviewer, admin_us
     assert '<span class="add">+Prefer short answers.</span>' in page and "Version 1 → 2" in page
     assert "<textarea" not in page  # reviewers read, admins edit
     assert viewer.get(url + "?a=x&b=99").status_code == 200  # nonsense falls back to the default pair
+
+
+def test_people_deciding_tie_or_both_bad_removes_the_judges_preference(campaign, annotators, judge):
+    campaign.training_judge = judge
+    campaign.save(update_fields=["training_judge"])
+    comparison = ComparisonFactory(campaign=campaign)
+    services.judge_votes_record(judge=judge, verdicts=[(comparison.pk, verdict("a"))])
+    assert services.judge_preferences_derive(campaign=campaign) == 1
+    people_vote(campaign, annotators[:3], comparison, "both_bad")
+    comparison.refresh_from_db()
+    assert comparison.status == "complete" and not Preference.objects.filter(comparison=comparison).exists()
+    assert services.judge_preferences_derive(campaign=campaign) == 0  # people decided: the judge does not come back

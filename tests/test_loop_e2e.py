@@ -153,6 +153,12 @@ def test_a_worker_runs_ppo_end_to_end_with_the_monitor(worker, campaign, api, ad
     assert r.status_code == 400 and "reward model" in r.json()["error"]["message"]
     assert not TrainingRun.objects.filter(kind="ppo").exists()
     rm = ModelVersion.objects.create(name="rm-tiny", kind="reward", base=tiny_reward, artifact_path=tiny_reward)
+    other = Campaign.objects.create(slug="other-campaign", name="Other")
+    foreign_run = TrainingRun.objects.create(kind="reward", campaign=other, base_version=rm, status="succeeded")
+    ModelVersion.objects.create(name="rm-foreign", kind="reward", base=tiny_reward, artifact_path=tiny_reward, training_run=foreign_run)
+    r = client.post("/api/training-runs/", {"campaign": campaign.slug, "kind": "ppo", "config": {**config, "reward_model": "rm-foreign"}},
+                    format="json")
+    assert r.status_code == 400 and "not a reward-model version of this campaign" in r.json()["error"]["message"]
     ModelVersion.objects.create(name="gold-tiny", kind="reward", base=tiny_gold, artifact_path=tiny_gold)
     run = start(client, campaign, "ppo", {**config, "reward_model": rm.name, "gold_model": "gold-tiny"})
     assert follow(run["id"], log=worker)[-1] == "succeeded", worker.read_text()[-3000:]

@@ -135,3 +135,18 @@ def test_schema_documents_the_v1_endpoints_and_their_errors(reviewer):
     post = schema["paths"]["/v1/chat/completions"]["post"]
     assert {"200", "400", "401", "403", "404", "502", "504"} <= set(post["responses"])
     assert "/v1/models" in schema["paths"]
+
+
+def test_chat_is_rate_limited_per_user(version, reviewer, sent, monkeypatch):
+    from django.core.cache import cache
+    from rest_framework.throttling import ScopedRateThrottle
+
+    cache.clear()
+    monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"chat": "2/min"})
+    client = bearer(reviewer)
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", chat_body(model="nope"), format="json").status_code == 404
+    r = client.post("/v1/chat/completions", chat_body(), format="json")
+    assert_openai_error(r, 429, kind="rate_limit_error")
+    assert int(r["Retry-After"]) >= 1 and sent == []
+    cache.clear()

@@ -104,7 +104,7 @@ def test_openai_judge_over_http_equals_the_local_judge_on_the_embedded_model(ser
 
     version = services.model_version_register_base(spec=EMBEDDED)
     client_for()  # creates the reviewer's token
-    monkeypatch.setenv("PREFLOOP_TEST_TOKEN", Token.objects.get().key)
+    monkeypatch.setenv("PREFLOOP_TEST_API_KEY", Token.objects.get().key)
     campaign = CampaignFactory(slug="served")
     texts = [("What is the capital of France?", "Paris.", "I like turtles."),
              ("Give me a synonym of 'big'.", "Large.", "Small."),
@@ -112,7 +112,7 @@ def test_openai_judge_over_http_equals_the_local_judge_on_the_embedded_model(ser
     comparisons = [ComparisonFactory(campaign=campaign, prompt__messages=[{"role": "user", "content": q}],
                                      response_a__text=a, response_b__text=b) for q, a, b in texts]
     judge = Judge.objects.create(campaign=campaign, name="served", kind="openai", base_url=f"{live_server.url}/v1",
-                                 model=version.name, api_key_env="PREFLOOP_TEST_TOKEN", concurrency=2)
+                                 model=version.name, api_key_env="PREFLOOP_TEST_API_KEY", concurrency=2)
     report = run_judge(judge_id=judge.pk)
     assert (report.recorded, report.failed) == (3, []), report
     votes = {v.comparison_id: v for v in Vote.objects.filter(judge="judge:served")}

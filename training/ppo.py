@@ -14,7 +14,7 @@ former PPOTrainer and of "The N implementation details of RLHF with PPO", Huang 
 
 Metrics as TRL names them: objective/kl, objective/entropy, objective/scores,
 objective/non_score_reward, objective/rlhf_reward, policy/approxkl_avg, policy/clipfrac_avg,
-policy/entropy_avg, loss/policy_avg, loss/value_avg, val/clipfrac_avg, val/ratio,
+loss/policy_avg, loss/value_avg, val/clipfrac_avg, val/ratio,
 val/num_eos_tokens, response_length, and objective/beta.
 """
 
@@ -29,7 +29,7 @@ from training import losses
 from training.config import PPOConfig  # torch-free, beside every recipe's config: see there
 from training.data import Report
 from training.loop import Result
-from training.rl import Rollout, load_models, rl_loop, to_padded, train_stats
+from training.rl import Rollout, load_models, prompts_truncated, rl_loop, to_padded, train_stats
 
 
 def prepare(rollout: Rollout, cfg: PPOConfig, beta: float) -> None:
@@ -44,7 +44,7 @@ def prepare(rollout: Rollout, cfg: PPOConfig, beta: float) -> None:
 
 def minibatch_loss(models, rollout: Rollout, rows: list[int], cfg: PPOConfig) -> tuple[torch.Tensor, dict]:
     packed = rollout.packed(rows, models.device)
-    lp, values = train_stats(models.policy, packed, chunk=cfg.logit_chunk, value_head=models.value_head)
+    lp, values = train_stats(models.policy, packed, chunk=cfg.logit_chunk, value_head=models.value_head, temperature=cfg.temperature)
     counts = [rollout.counts[i] for i in rows]
     new_logp, new_values = to_padded(lp, counts), to_padded(values, counts)
     T = new_logp.shape[1]
@@ -83,6 +83,7 @@ def train(
     report = Report(rows=len(prompts), kept=len(prompts))
     # ---- setup
     models = load_models(cfg, value_head=True, needs_reference=True)
+    report.truncated = prompts_truncated(models.tokenizer, prompts, cfg.max_prompt_length)
     kl_ctl = losses.AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.kl_horizon) if cfg.target_kl else None
     beta = lambda: kl_ctl.value if kl_ctl else cfg.beta  # noqa: E731
 

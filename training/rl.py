@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -67,12 +68,24 @@ class Models:
                 yield self.policy
 
 
+def disable_dropout(model) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def prompts_truncated(tokenizer, prompts: list[list[dict]], max_prompt_length: int) -> int:
+    """How many prompts are longer than ``max_prompt_length`` tokens (their start is cut)."""
+    return sum(1 for p in prompts if len(prompt_tokens(tokenizer, p)) > max_prompt_length)
+
+
 def load_models(cfg: RLConfig, *, value_head: bool = False, needs_reference: bool) -> Models:
     from training.reward import load_reward_model
 
     if not cfg.reward_model:
         raise ValueError("reward_model is required: the reward model the policy is optimised against (train one with kind=reward)")
     policy, tokenizer, device = load_model(cfg)
+    disable_dropout(policy)  # old and new log-probs from the same function: the first ratio is exactly 1
     reward, reward_tok = load_reward_model(cfg.reward_model, device=str(device))
     reward.requires_grad_(False)
     models = Models(policy=policy, tokenizer=tokenizer, device=device, reward=reward, reward_tokenizer=reward_tok)
@@ -107,14 +120,15 @@ def response_mask(counts: list[int], device=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def token_stats(model, packed: Packed, *, chunk: int, entropy: bool = False, value_head=None):
-    """No grad: each response token's log-prob (N,), the policy's entropy at its position
-    (N,, or None) and the value head's estimate there (N,, or None), from one forward."""
+def token_stats(model, packed: Packed, *, chunk: int, entropy: bool = False, value_head=None, temperature: float = 1.0):
+    """No grad: each response token's log-prob (N,) under the sampling distribution (logits /
+    ``temperature``, as TRL takes them), the entropy at its position (N,, or None) and the
+    value head's estimate there (N,, or None), from one forward."""
     h = hidden_states(model, packed)[packed.target_pos]
     head = unwrap(model).get_output_embeddings()
     lps, ents = [], []
     for a in range(0, h.shape[0], chunk):
-        logits = head(h[a:a + chunk]).float()
+        logits = head(h[a:a + chunk]).float() / temperature
         lse = torch.logsumexp(logits, dim=-1)
         lps.append(logits.gather(-1, packed.target_ids[a:a + chunk, None]).squeeze(-1) - lse)
         if entropy:
@@ -125,10 +139,14 @@ def token_stats(model, packed: Packed, *, chunk: int, entropy: bool = False, val
     return lp, (torch.cat(ents) if entropy and ents else None), values
 
 
-def train_stats(model, packed: Packed, *, chunk: int, value_head=None):
-    """With grad: each response token's log-prob (N,) (chunked LM head) and value (N,) or None."""
+def train_stats(model, packed: Packed, *, chunk: int, value_head=None, temperature: float = 1.0):
+    """With grad: each response token's log-prob (N,) at ``temperature`` (chunked LM head; the
+    head has no bias, so h / T gives logits / T) and value (N,) or None."""
     h = hidden_states(model, packed)[packed.target_pos]
-    lp = token_logps(unwrap(model).get_output_embeddings(), h, packed.target_ids, chunk)
+    head = unwrap(model).get_output_embeddings()
+    if head.bias is not None and temperature != 1.0:
+        raise ValueError("temperature != 1 needs an LM head without bias")
+    lp = token_logps(head, h / temperature if temperature != 1.0 else h, packed.target_ids, chunk)
     values = value_head(h.float()).squeeze(-1) if value_head is not None else None
     return lp, values
 
@@ -198,7 +216,7 @@ def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_i
     log-probs, entropy, values, scores. Separate from sampling so a given rollout can be replayed
     (tests, parity with TRL)."""
     episodes = [p for p in prompts for _ in range(k)]
-    prompt_ids = [prompt_tokens(models.tokenizer, p) for p in prompts]
+    prompt_ids = [prompt_tokens(models.tokenizer, p)[-cfg.max_prompt_length:] for p in prompts]  # a long prompt keeps its end
     p_ids = [ids for ids in prompt_ids for _ in range(k)]
     counts = [len(r) for r in response_ids]
     if min(counts) < 1:
@@ -207,11 +225,12 @@ def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_i
     packed = pack(list(zip(p_ids, response_ids))).to(device)
     was_training = models.policy.training
     models.policy.eval()
-    lp, ent, values = token_stats(models.policy, packed, chunk=cfg.logit_chunk, entropy=True, value_head=models.value_head)
+    lp, ent, values = token_stats(models.policy, packed, chunk=cfg.logit_chunk, entropy=True, value_head=models.value_head,
+                                  temperature=cfg.temperature)
     ref = None
     if models.has_reference:
         with models.reference_mode() as ref_model:
-            ref, _, _ = token_stats(ref_model, packed, chunk=cfg.logit_chunk)
+            ref, _, _ = token_stats(ref_model, packed, chunk=cfg.logit_chunk, temperature=cfg.temperature)
     models.policy.train(was_training)
     eos_id = models.tokenizer.eos_token_id
     eos = torch.tensor([bool(r) and r[-1] == eos_id for r in response_ids])
@@ -375,12 +394,15 @@ def rl_loop(
     def measure(step: int) -> None:
         if not eval_prompts:
             return
+        best_before = best_gold(metrics)
         row = {"step": step, **monitor(models, cfg, eval_prompts)}
         log(step, row)
-        if "monitor/gold_score" in row:  # the candidate the monitor may choose: weights only
+        if "monitor/gold_score" in row and best_gold(metrics) is row:  # the new best candidate (weights only); one kept
             save(step, final=True, target=out_dir / f"monitor-{step:07d}")
+            if best_before is not None:
+                shutil.rmtree(out_dir / f"monitor-{best_before['step']:07d}", ignore_errors=True)
 
-    if start == 0 and eval_prompts and (models.gold is not None or cfg.monitor_every):
+    if start == 0 and ckpt is None and eval_prompts and (models.gold is not None or cfg.monitor_every):
         measure(0)
     window: list[dict] = []
     status, step = "completed", start

@@ -28,7 +28,7 @@ from training import losses
 from training.config import RLOOConfig  # torch-free, beside every recipe's config: see there
 from training.data import Report
 from training.loop import Result
-from training.rl import Rollout, load_models, rl_loop, to_padded, train_stats
+from training.rl import Rollout, load_models, prompts_truncated, rl_loop, to_padded, train_stats
 
 
 def advantages(rollout: Rollout, cfg: RLOOConfig) -> torch.Tensor:
@@ -49,8 +49,9 @@ def prepare(rollout: Rollout, cfg: RLOOConfig) -> None:
 
 
 def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor,
-                adv: torch.Tensor, cfg: RLOOConfig) -> tuple[torch.Tensor, dict]:
-    """The minibatch loss from (b, T) per-token log-probs (see the module docstring)."""
+                adv: torch.Tensor, cfg: RLOOConfig, tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+    """The minibatch loss from (b, T) per-token log-probs (see the module docstring). ``tokens``:
+    dapo's normaliser (TRL's: the rollout's tokens / minibatches; default: this minibatch's)."""
     if cfg.advantage == "rloo":
         seq_new, seq_old = (new_logp * mask).sum(1), (old_logp * mask).sum(1)
         per_seq, ratio, clipped = losses.clipped_policy_loss(seq_new, seq_old, adv, cfg.clip_eps)
@@ -65,7 +66,7 @@ def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
                 kl = kl * ratio
             per_token = per_token + cfg.beta * kl
         if cfg.loss_type == "dapo":
-            loss = (per_token * mask).sum() / mask.sum().clamp_min(1)
+            loss = (per_token * mask).sum() / (tokens if tokens else mask.sum().clamp_min(1))
         else:
             loss = losses.masked_mean(per_token, mask, dim=1).mean()
         clipfrac = losses.masked_mean(clipped.float(), mask)
@@ -74,12 +75,13 @@ def policy_loss(new_logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.
 
 
 def minibatch_loss(models, rollout: Rollout, rows: list[int], cfg: RLOOConfig) -> tuple[torch.Tensor, dict]:
-    lp, _ = train_stats(models.policy, rollout.packed(rows, models.device), chunk=cfg.logit_chunk)
+    lp, _ = train_stats(models.policy, rollout.packed(rows, models.device), chunk=cfg.logit_chunk, temperature=cfg.temperature)
     new_logp = to_padded(lp, [rollout.counts[i] for i in rows])
     T = new_logp.shape[1]
     pick = lambda x: None if x is None else x[rows][:, :T].to(new_logp.device)  # noqa: E731
     adv = rollout.extra["advantages"][rows].to(new_logp.device)
-    return policy_loss(new_logp, pick(rollout.logp), pick(rollout.ref_logp), pick(rollout.mask), adv, cfg)
+    tokens = float(rollout.mask.sum()) / cfg.num_minibatches
+    return policy_loss(new_logp, pick(rollout.logp), pick(rollout.ref_logp), pick(rollout.mask), adv, cfg, tokens=tokens)
 
 
 def train(
@@ -99,6 +101,7 @@ def train(
     # ---- setup: a reference only when something reads it
     needs_reference = bool(cfg.beta) or (bool(eval_prompts) and bool(cfg.gold_model or cfg.monitor_every))
     models = load_models(cfg, needs_reference=needs_reference)
+    report.truncated = prompts_truncated(models.tokenizer, prompts, cfg.max_prompt_length)
 
     def after_rollout(rollout: Rollout, stats: dict) -> None:
         adv = rollout.extra["advantages"]

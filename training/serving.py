@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 MAX_TOP_LOGPROBS = 20  # OpenAI's own limit
 
 
+class PromptTooLong(ValueError):
+    """The chat's prompt has more tokens than the server takes."""
+
+
 @dataclass(frozen=True)
 class ChatParams:
     """What a request may set; validated (``ValueError`` with the parameter's name)."""
@@ -128,14 +132,14 @@ def _greedy(model, tokenizer, prompt_ids: list[int], max_tokens: int) -> list[in
 
 
 def chat(model, tokenizer, messages: list[dict], params: ChatParams, *, max_prompt_tokens: int = 4096) -> ChatResult:
-    """``params.n`` completions of ``messages`` (validated message list); ``ValueError`` when the
-    prompt is longer than ``max_prompt_tokens``."""
+    """``params.n`` completions of ``messages`` (validated message list); ``PromptTooLong`` when
+    the prompt is longer than ``max_prompt_tokens``."""
     from training.data import prompt_tokens
     from training.sampling import SamplingParams, generate
 
     prompt_ids = prompt_tokens(tokenizer, messages)
     if len(prompt_ids) > max_prompt_tokens:
-        raise ValueError(f"the prompt is {len(prompt_ids)} tokens; this server takes at most {max_prompt_tokens}")
+        raise PromptTooLong(f"the prompt is {len(prompt_ids)} tokens; this server takes at most {max_prompt_tokens}")
     eos = tokenizer.eos_token_id
     if params.temperature == 0:
         tokens = _greedy(model, tokenizer, prompt_ids, params.max_tokens)

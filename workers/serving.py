@@ -11,7 +11,7 @@ import uuid
 from django.conf import settings
 
 from annotation.models import ModelVersion
-from training.serving import ChatParams
+from training.serving import ChatParams, PromptTooLong
 
 
 def _error(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict:
@@ -30,7 +30,7 @@ def chat_complete(request: dict) -> dict:
     model, tokenizer = policy_load(version.spec)
     try:
         result = chat(model, tokenizer, request["messages"], params, max_prompt_tokens=settings.PREFLOOP["CHAT_MAX_PROMPT_TOKENS"])
-    except ValueError as exc:
+    except PromptTooLong as exc:
         return _error(400, str(exc), param="messages", code="context_length_exceeded")
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",

@@ -116,11 +116,12 @@ def gpu_evaluate(evaluation_id: int) -> str:
     return run_evaluation(evaluation_id=evaluation_id)
 
 
-@shared_task(name="workers.tasks.chat_complete", ignore_result=False, acks_late=False, soft_time_limit=600, time_limit=660)
+@shared_task(name="workers.tasks.chat_complete", ignore_result=False, acks_late=False, soft_time_limit=120, time_limit=150)
 def chat_complete(request: dict) -> dict:
     """One ``POST /v1/chat/completions`` (the ``serve`` queue): the web process waits for this
-    result. Not acked late: a request whose worker died is answered with an error by the web
-    side's timeout rather than run twice."""
+    result (``PREFLOOP_CHAT_TIMEOUT_SECONDS``, 60). Not acked late: a request whose worker died
+    is answered with an error by the web side's timeout rather than run twice; limited to two
+    minutes, so an abandoned request cannot hold a model worker for long."""
     from workers.serving import chat_complete as complete
 
     return complete(request)

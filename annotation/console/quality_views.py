@@ -68,6 +68,8 @@ def _judge_values(post) -> dict:
             values[key] = int(raw)
         except ValueError:
             raise InvalidInput(f"{key}: enter a whole number (got {raw[:20]!r}).", details={"field": key}) from None
+        if values[key] < 1:
+            raise InvalidInput(f"{key}: at least 1.", details={"field": key})
     values["both_orders"] = post.get("both_orders") == "on"
     values["enabled"] = post.get("enabled") == "on"
     return values
@@ -80,6 +82,8 @@ def judge_save(request, slug: str):
     _manager(request)
     campaign = _campaign(request, slug)
     existing = request.POST.get("existing", "")
+    if not request.user.has_perm("annotation.change_judge" if existing else "annotation.add_judge"):
+        raise PermissionDenied("You need the permission to add or change judges.")
     judge = get_object_or_404(Judge, campaign=campaign, name=existing) if existing else None
 
     def save():

@@ -1,11 +1,16 @@
 """AI judges configured per campaign: each produces ordinary Votes with its name in
 ``Vote.judge`` instead of an annotator, so every statistic treats judges like annotators."""
 
+import re
+
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
 from annotation.models.campaigns import Campaign
+
+
+API_KEY_ENV = re.compile(r"[A-Z][A-Z0-9_]*_API_KEY")
 
 
 class Judge(models.Model):
@@ -47,6 +52,10 @@ class Judge(models.Model):
     def clean(self):
         if self.kind == self.Kind.OPENAI and not (self.base_url and self.model):
             raise ValidationError({"base_url": "An openai judge needs a base URL and a model name."})
+        if self.api_key_env and not API_KEY_ENV.fullmatch(self.api_key_env):
+            # Any other variable (SECRET_KEY, DATABASE_URL) would be sent to base_url as the key.
+            raise ValidationError({"api_key_env": "The key's environment variable must be named like OPENAI_API_KEY "
+                                                  "(capitals, digits and _, ending in _API_KEY)."})
 
     @property
     def voter(self) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import Exists, OuterRef, Q
 
 from annotation import selectors
 from annotation.errors import InvalidInput
@@ -63,14 +64,18 @@ def judge_run_request(*, judge: Judge) -> None:
 
 def judge_preferences_derive(*, campaign: Campaign) -> int:
     """Preferences (source ``ai``) from the campaign's training judge's A/B verdicts on normal
-    comparisons that have no preference yet; returns how many were made. They enter training
+    comparisons people have not decided (no preference, and not completed by people with a tie
+    or "both bad"); returns how many were made. They enter training
     data only while the judge gate is open (``selectors.training_records``); when people
     complete such a comparison, their preference replaces the judge's."""
     judge = campaign.training_judge
     if judge is None:
         return 0
+    people_decided = Q(comparison__status=Comparison.Status.COMPLETE) & Exists(
+        Vote.objects.filter(comparison=OuterRef("comparison"), annotator__isnull=False))  # a tie or "both bad": no preference
     votes = (Vote.objects.filter(judge=judge.voter, choice__in=(Choice.A, Choice.B), comparison__campaign=campaign,
                                  comparison__kind=Comparison.Kind.NORMAL, comparison__preference__isnull=True)
+             .exclude(people_decided)
              .select_related("comparison"))
     rows = []
     for vote in votes:

@@ -4,12 +4,16 @@ waits for the answer through Celery's result backend; it never loads a model its
 
 from __future__ import annotations
 
+import logging
+
 from django.conf import settings
 
 from annotation.errors import ApplicationError, InvalidInput, NotFound
 from annotation.models import ModelVersion
 from training.formats import FormatError, validate_messages
 from training.serving import ChatParams
+
+logger = logging.getLogger(__name__)
 
 # Accepted and ignored (they change nothing about the answer), or accepted at their no-op value only.
 IGNORED = {"user", "store", "metadata", "service_tier", "stream_options", "parallel_tool_calls"}
@@ -93,9 +97,11 @@ def chat_complete(body) -> tuple[int, dict]:
             pass
         if type(exc).__name__ == "TimeoutError":
             raise WorkerTimeout(f"No model worker answered within {timeout:g} s: is a worker consuming the 'serve' queue running?") from None
-        raise WorkerFailed(f"The result backend failed: {type(exc).__name__}: {exc}") from None
+        logger.exception("chat completion %s: the result backend failed", result.id)
+        raise WorkerFailed("The result backend failed; the server's log says why.") from None
     if result.failed() or not isinstance(answer, dict):
-        raise WorkerFailed(f"The model worker failed: {type(answer).__name__}: {answer}")
+        logger.error("chat completion %s: the model worker failed: %r", result.id, answer)
+        raise WorkerFailed("The model worker failed on this request; the worker's log says why.")
     if "error" in answer:
         return int(answer.get("status") or 400), {"error": answer["error"]}
     return 200, answer

@@ -146,11 +146,12 @@ def _comparison_complete(*, comparison: Comparison, now: datetime) -> Preference
     # People's votes only: AI judges' votes enter training data through the judge gate, never here.
     votes = list(comparison.votes.filter(annotator__isnull=False).values_list("choice", "annotator_id"))
     agg = votes_aggregate(c for c, _ in votes)
+    # People decided: their verdict replaces a judge's, also when it is a tie or "both bad".
+    Preference.objects.filter(comparison=comparison, source=Preference.Source.AI).delete()
     if agg.winner is None:
         return None
     a, b = comparison.response_a_id, comparison.response_b_id
     chosen, rejected = (a, b) if agg.winner == Choice.A else (b, a)
-    Preference.objects.filter(comparison=comparison, source=Preference.Source.AI).delete()  # people's verdict replaces a judge's
     n_chosen, n_rejected = (agg.n_a, agg.n_b) if agg.winner == Choice.A else (agg.n_b, agg.n_a)
     human = any(annotator_id is not None for _, annotator_id in votes)
     return Preference.objects.create(

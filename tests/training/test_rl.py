@@ -233,3 +233,25 @@ def test_rloo_and_grpo_losses_against_hand_worked_numbers():
     # RLOO: one sequence-level ratio exp(ln 1.5 + ln 0.5) = 0.75 inside [0.8, 1.2]? no: below, and A > 0 keeps the unclipped −0.75
     loss, stats = policy_loss(new, old, None, mask, adv, RLOOConfig(k=2))
     assert loss.item() == pytest.approx(-0.75, abs=1e-6) and stats["policy/clipfrac_avg"] == 0.0
+
+
+def test_rollout_log_probs_are_the_sampling_distributions_and_the_first_ratio_is_one(tiny_policy, tiny_reward):
+    """At temperature 0.7 the old log-probs are log softmax(logits / 0.7) (as TRL takes them),
+    equal to what the loss recomputes before any update: the first ratio is exactly 1."""
+    from training.data import prompt_tokens
+    from training.rl import collect, load_models, sample, to_padded, train_stats
+
+    cfg = small(RLOOConfig, tiny_policy, tiny_reward, k=2, temperature=0.7, lora_dropout=0.0)
+    models = load_models(cfg, needs_reference=True)
+    responses = sample(models, cfg, PROMPTS[:2], seed=3, k=2)
+    r = collect(models, cfg, PROMPTS[:2], responses, k=2)
+    models.policy.train()
+    lp, _ = train_stats(models.policy, r.packed(list(range(r.n)), models.device), chunk=64, temperature=0.7)
+    assert torch.allclose(to_padded(lp.detach(), r.counts) * r.mask, r.logp * r.mask, atol=1e-5)
+    ids = prompt_tokens(models.tokenizer, PROMPTS[0]) + responses[0]
+    with torch.no_grad():
+        logits = models.policy(input_ids=torch.tensor([ids])).logits[0].float()
+    start = len(ids) - len(responses[0]) - 1
+    want = torch.log_softmax(logits[start:start + len(responses[0])] / 0.7, -1).gather(-1, torch.tensor(responses[0])[:, None])
+    assert torch.allclose(r.logp[0, :len(responses[0])], want.squeeze(-1), atol=1e-4)
+    assert torch.allclose(r.ref_logp * r.mask, r.logp * r.mask, atol=1e-5)  # before any update: the reference itself

@@ -142,6 +142,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "annotation.errors.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    # Scoped rates (ScopedRateThrottle): each model request costs a worker seconds of compute.
+    "DEFAULT_THROTTLE_RATES": {"chat": env.str("PREFLOOP_CHAT_RATE", default="60/min")},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prefloop API",
@@ -260,7 +262,8 @@ PREFLOOP = {
     # Where training runs write checkpoints and final models (one run-<id> directory each).
     "ARTIFACTS_DIR": env.str("PREFLOOP_ARTIFACTS_DIR", default=str(VAR_DIR / "artifacts")),
     # /v1/chat/completions: how long the web waits for the model worker, and the longest prompt.
-    "CHAT_TIMEOUT_SECONDS": env.float("PREFLOOP_CHAT_TIMEOUT_SECONDS", default=120.0),
+    # Below gunicorn's --timeout (120 s), so the client gets the 504 in the error shape.
+    "CHAT_TIMEOUT_SECONDS": env.float("PREFLOOP_CHAT_TIMEOUT_SECONDS", default=60.0),
     "CHAT_MAX_PROMPT_TOKENS": env.int("PREFLOOP_CHAT_MAX_PROMPT_TOKENS", default=4096),
 }
 
