@@ -79,13 +79,17 @@ class NucleusSampler:
 
     def draw(self, raw: torch.Tensor, scaled: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One token per row of the raw (float32) logits ``(B, V)`` and its raw-policy log-prob
-        (temperature 1, no top-p), each ``(B,)``. Draws among the kept only: argmax p / Exp(1)
-        samples a categorical in proportion to p, from the global torch generator."""
+        (temperature 1, no top-p), each ``(B,)``. Draws among the kept only, by inverting the
+        kept weights' cumulative sum (float64) at one uniform per row from the global torch
+        generator: one random number per row, where argmax p / Exp(1) needs one per kept token
+        (the whole vocabulary at top_p = 1: ~8 ms a step for 8 rows here, against 0.6 ms)."""
         if scaled is None:
             scaled = raw / self.temperature if self.temperature != 1.0 else raw
         values, indices, keep = nucleus(scaled, self.top_p)
         weights = torch.softmax(values.masked_fill(~keep, -float("inf")), dim=-1)
-        q = torch.empty_like(weights).exponential_(1)
-        pick = (weights / q).argmax(dim=-1, keepdim=True)  # (B, 1) position in the prefilter
+        cdf = weights.double().cumsum(dim=-1)
+        u = torch.rand(cdf.shape[0], 1, dtype=torch.float64, device=cdf.device) * cdf[:, -1:]
+        kept = keep.sum(dim=-1, keepdim=True) - 1  # the kept are the prefilter's head: never pick past it
+        pick = torch.minimum(torch.searchsorted(cdf, u, right=True), kept)  # (B, 1) position in the prefilter
         token = indices.gather(-1, pick).squeeze(-1)  # (B,)
         return token, raw.gather(-1, token.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(raw, dim=-1)

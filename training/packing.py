@@ -93,6 +93,31 @@ def pack_pairs(triples: list[tuple[list[int], list[int], list[int]]]) -> Packed:
     return b.build()
 
 
+def pack_shared(seqs: list[tuple[list[int], list[int]]]) -> Packed:
+    """Pack (prompt_ids, response_ids) like ``pack``, but consecutive sequences with the same
+    prompt lay it out once: [prompt + r0][r1][r2]..., each later response attending to the
+    prompt as its prefix with positions continuing after it (as ``pack_pairs`` does for two).
+    Sequence i keeps index i, its targets in order; equal to ``pack`` with the prompt's
+    computation shared by its k samples."""
+    b = _Builder(len(seqs))
+    i = 0
+    while i < len(seqs):
+        prompt = seqs[i][0]
+        j = i + 1
+        while j < len(seqs) and seqs[j][0] == prompt:
+            j += 1
+        first = seqs[i][1]
+        s = b.add(prompt + first, 0)
+        p_last = s + len(prompt) - 1  # its hidden state predicts every response's first token
+        b.targets(i, list(range(p_last, p_last + len(first))), first, last=p_last + len(first))
+        for m in range(i + 1, j):
+            response = seqs[m][1]
+            r = b.add(response, len(prompt), prefix=(s, s + len(prompt)))
+            b.targets(m, [p_last] + list(range(r, r + len(response) - 1)), response, last=r + len(response) - 1)
+        i = j
+    return b.build()
+
+
 def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """Attention within each packed segment (plus its prefix), never across sequences, with
     no T x T mask: ``torch`` SDPA per segment. query (B, H, T, D), key/value (B, Hkv, T, D)
@@ -119,10 +144,23 @@ def _packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
 
 
+def _padding_mask(attention_mask=None, **kwargs):
+    """The mask builder for ``prefloop_packed``: none for a packed row (its segments are the
+    mask), SDPA's for an ordinary padded batch (generate, a left-padded prefill). Without one,
+    transformers builds no mask for a custom attention, and padding would be attended to."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
+
+
 def use_packed_attention(model) -> None:
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register("prefloop_packed", _packed_sdpa)
+    AttentionMaskInterface.register("prefloop_packed", _padding_mask)
     unwrap(model).set_attn_implementation("prefloop_packed")
 
 

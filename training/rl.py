@@ -35,7 +35,7 @@ from training.data import prompt_tokens
 from training.logprobs import token_logps
 from training.loop import Result, latest_checkpoint, load_weights, optimizer_and_schedule, optimizer_step, save_checkpoint
 from training.models import load_model, return_freed_memory_to_the_os, unwrap
-from training.packing import Packed, hidden_states, pack
+from training.packing import Packed, hidden_states, pack_shared
 from training.seeds import mix_seed, seed_everything
 
 MONITOR_SEED_STREAM = 7_000_003  # the monitor's samples: one fixed seed for every measurement
@@ -165,7 +165,7 @@ def reward_scores(model, model_tokenizer, policy_tokenizer, prompts: list[list[d
         out = []
         for a in range(0, len(responses), batch_size):
             seqs = list(zip(prompt_ids[a:a + batch_size], responses[a:a + batch_size]))
-            out.append(sequence_rewards(model, pack(seqs).to(device)).float().cpu())
+            out.append(sequence_rewards(model, pack_shared(seqs).to(device)).float().cpu())
         return torch.cat(out)
     eos = policy_tokenizer.eos_token_id
     texts = [policy_tokenizer.decode([t for t in r if t != eos], skip_special_tokens=True).strip() for r in responses]
@@ -195,26 +195,34 @@ class Rollout:
         return len(self.response_ids)
 
     def packed(self, rows: list[int], device) -> Packed:
-        return pack([(self.prompt_ids[i], self.response_ids[i]) for i in rows]).to(device)
+        """The episodes ``rows`` packed, each prompt laid out once for its samples."""
+        return pack_shared([(self.prompt_ids[i], self.response_ids[i]) for i in rows]).to(device)
 
 
-def sample(models: Models, cfg: RLConfig, prompts: list[list[dict]], *, seed: int, k: int) -> list[list[int]]:
-    """k responses per prompt (token ids, EOS included when produced), the k of a prompt consecutive."""
+def sample(models: Models, cfg: RLConfig, prompts: list[list[dict]], *, seed: int, k: int, stats: bool = False):
+    """k responses per prompt (token ids, EOS included when produced), the k of a prompt
+    consecutive; with ``stats``, (ids, per-token log-probs, per-token entropies) under the
+    sampling distribution, from the decoding loop itself (no forward pass after it)."""
     from training.sampling import SamplingParams, generate
 
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                             batch_size=min(32, max(1, len(prompts) * k)))
     was_training = models.policy.training
     models.policy.eval()
-    out = generate(models.policy, models.tokenizer, prompts, k=k, params=params, seed=seed)
+    out = generate(models.policy, models.tokenizer, prompts, k=k, params=params, seed=seed, step_stats=stats)
     models.policy.train(was_training)
-    return [s.token_ids for per_prompt in out for s in per_prompt]
+    flat = [s for per_prompt in out for s in per_prompt]
+    if stats:
+        return [s.token_ids for s in flat], [list(s.step_logps) for s in flat], [list(s.step_entropies) for s in flat]
+    return [s.token_ids for s in flat]
 
 
-def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_ids: list[list[int]], *, k: int) -> Rollout:
+def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_ids: list[list[int]], *, k: int,
+            sampled: tuple[list[list[float]], list[list[float]]] | None = None) -> Rollout:
     """The rollout of ``response_ids`` (k per prompt, consecutive): old and reference per-token
     log-probs, entropy, values, scores. Separate from sampling so a given rollout can be replayed
-    (tests, parity with TRL)."""
+    (tests, parity with TRL). ``sampled``: the sampler's own (log-probs, entropies) per token;
+    without a value head they stand for the old policy's, and its forward pass is skipped."""
     episodes = [p for p in prompts for _ in range(k)]
     prompt_ids = [prompt_tokens(models.tokenizer, p)[-cfg.max_prompt_length:] for p in prompts]  # a long prompt keeps its end
     p_ids = [ids for ids in prompt_ids for _ in range(k)]
@@ -222,11 +230,14 @@ def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_i
     if min(counts) < 1:
         raise ValueError("every response needs at least one token")
     device = models.device
-    packed = pack(list(zip(p_ids, response_ids))).to(device)
+    packed = pack_shared(list(zip(p_ids, response_ids))).to(device)
     was_training = models.policy.training
     models.policy.eval()
-    lp, ent, values = token_stats(models.policy, packed, chunk=cfg.logit_chunk, entropy=True, value_head=models.value_head,
-                                  temperature=cfg.temperature)
+    if sampled is not None and models.value_head is None:
+        lp, ent, values = torch.tensor([x for row in sampled[0] for x in row]), torch.tensor([x for row in sampled[1] for x in row]), None
+    else:
+        lp, ent, values = token_stats(models.policy, packed, chunk=cfg.logit_chunk, entropy=True, value_head=models.value_head,
+                                      temperature=cfg.temperature)
     ref = None
     if models.has_reference:
         with models.reference_mode() as ref_model:
@@ -416,8 +427,8 @@ def rl_loop(
         # ---- rollout
         idx = step_prompts(len(prompts), cfg, step_index)
         batch = [prompts[i] for i in idx]
-        responses = sample(models, cfg, batch, seed=mix_seed(cfg.seed, step_index, 1), k=cfg.k)
-        rollout = collect(models, cfg, batch, responses, k=cfg.k)
+        responses, logps, entropies = sample(models, cfg, batch, seed=mix_seed(cfg.seed, step_index, 1), k=cfg.k, stats=True)
+        rollout = collect(models, cfg, batch, responses, k=cfg.k, sampled=(logps, entropies))
         prepare(rollout)
         stats = rollout_metrics(rollout, getattr(cfg, "beta", 0.0))
         # ---- optimise: ppo_epochs passes, num_minibatches optimiser steps each

@@ -34,6 +34,10 @@ class Sample:
     finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens)
     logprob_sum: float
     seed: int
+    # with generate(..., step_stats=True): per generated token, its log-prob and the entropy under
+    # the sampling distribution (logits / temperature, before top-p), as RL's rollouts take them
+    step_logps: tuple[float, ...] = ()
+    step_entropies: tuple[float, ...] = ()
 
 
 def _left_pad(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,21 +107,31 @@ def _prefill(model, seqs: list[list[int]], counts: list[int], pad_id: int, devic
     return cache, mask.repeat_interleave(repeats, dim=0), position_ids[:, -1].repeat_interleave(repeats, dim=0), last
 
 
-def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int, eos_id: int, pad_id: int, device):
+def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int, eos_id: int, pad_id: int, device,
+            step_stats: bool = False):
     """The fast path's own decoding loop: shared prefill, then one token per step for the rows
     still going. A row that drew EOS leaves the batch (its KV cache rows are dropped), so the
     remaining steps cost less; no logits are kept. Returns the tokens ``(B, G)`` (pad after
-    EOS) and each token's raw-policy log-prob ``(B, G)``."""
+    EOS), each token's raw-policy log-prob ``(B, G)`` and, with ``step_stats``, its log-prob and
+    the entropy under the sampling distribution (logits / temperature) ``(B, G)`` each (else None)."""
     cache, mask, positions, hidden = _prefill(model, seqs, counts, pad_id, device, reserve=max_new_tokens)
     head = unwrap(model).get_output_embeddings()
     rows = hidden.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
     logps = torch.zeros((rows, max_new_tokens), device=device)
+    t_logps = torch.zeros((rows, max_new_tokens), device=device) if step_stats else None
+    entropies = torch.zeros((rows, max_new_tokens), device=device) if step_stats else None
     alive = torch.arange(rows, device=device)  # the original row of each row still going
     for t in range(max_new_tokens):
-        token, logp = sampler.draw(head(hidden).float())
+        raw = head(hidden).float()
+        token, logp = sampler.draw(raw)
         tokens[alive, t] = token
         logps[alive, t] = logp
+        if step_stats:
+            scaled = raw / sampler.temperature if sampler.temperature != 1.0 else raw
+            lse = torch.logsumexp(scaled, dim=-1)
+            t_logps[alive, t] = scaled.gather(-1, token.unsqueeze(-1)).squeeze(-1) - lse
+            entropies[alive, t] = lse - (torch.softmax(scaled, dim=-1) * scaled).sum(-1)
         going = token != eos_id
         if t == max_new_tokens - 1 or not bool(going.any()):
             break
@@ -131,7 +145,7 @@ def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int
         out = backbone(model)(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions.unsqueeze(-1),
                                cache=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
-    return tokens, logps
+    return tokens, logps, t_logps, entropies
 
 
 @torch.no_grad()
@@ -145,6 +159,7 @@ def generate(
     seed: int = 0,
     progress: bool = False,
     fast: bool = True,
+    step_stats: bool = False,
     _draw: bool = True,
     _share_prefill: bool = True,
 ) -> list[list[Sample]]:
@@ -155,7 +170,8 @@ def generate(
     (``_decode``): each distinct prompt of a batch prefilled once for its k samples, finished
     rows dropped from the batch. ``_draw=False`` (tests): the fast nucleus inside
     ``model.generate`` with its multinomial draw (token for token the stock path's outputs;
-    ``_share_prefill`` prefills as the fast path does)."""
+    ``_share_prefill`` prefills as the fast path does). ``step_stats`` (fast path only): each
+    Sample also carries its tokens' log-probs and entropies under the sampling distribution."""
     if k < 1:
         raise ValueError("k must be >= 1")
     params = params or SamplingParams()
@@ -175,10 +191,14 @@ def generate(
         batch_seed = mix_seed(seed, b)  # one seed per batch: reproducible for a fixed batch size
         torch.manual_seed(batch_seed)
         distinct = [(p, sum(1 for q, _ in chunk if q == p)) for p in dict.fromkeys(q for q, _ in chunk)]
+        step_logp = step_ent = None
         if fast and _draw:  # our own loop (the default)
             sampler = NucleusSampler(params.temperature, params.top_p)
-            gen, token_logp = _decode(model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], sampler=sampler,
-                                      max_new_tokens=params.max_new_tokens, eos_id=eos_id, pad_id=pad_id, device=device)
+            gen, token_logp, step_logp, step_ent = _decode(
+                model, [encoded[p] for p, _ in distinct], [n for _, n in distinct], sampler=sampler,
+                max_new_tokens=params.max_new_tokens, eos_id=eos_id, pad_id=pad_id, device=device, step_stats=step_stats)
+        elif step_stats:
+            raise ValueError("step_stats needs the fast path")
         else:
             ids, mask = _left_pad([encoded[p] for p, _ in chunk], pad_id, device)
             common = dict(
@@ -214,6 +234,8 @@ def generate(
                 finish_reason=finish,
                 logprob_sum=float(token_logp[row, :n].sum()),
                 seed=batch_seed,
+                step_logps=tuple(step_logp[row, :n].tolist()) if step_logp is not None else (),
+                step_entropies=tuple(step_ent[row, :n].tolist()) if step_ent is not None else (),
             )
     return results  # type: ignore[return-value]
 

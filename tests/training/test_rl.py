@@ -255,3 +255,36 @@ def test_rollout_log_probs_are_the_sampling_distributions_and_the_first_ratio_is
     want = torch.log_softmax(logits[start:start + len(responses[0])] / 0.7, -1).gather(-1, torch.tensor(responses[0])[:, None])
     assert torch.allclose(r.logp[0, :len(responses[0])], want.squeeze(-1), atol=1e-4)
     assert torch.allclose(r.ref_logp * r.mask, r.logp * r.mask, atol=1e-5)  # before any update: the reference itself
+
+
+def test_shared_prompt_packing_equals_packing_each_sequence(tiny_policy, tiny_reward):
+    """k samples of a prompt laid out after one copy of it: the same per-token log-probs and
+    the same reward-model scores as each sequence packed whole."""
+    from training.logprobs import response_logps
+    from training.models import load_policy
+    from training.packing import pack, pack_shared, use_packed_attention
+    from training.reward import load_reward_model, sequence_rewards
+
+    model, _ = load_policy(tiny_policy)
+    use_packed_attention(model)
+    rm, _ = load_reward_model(tiny_reward)
+    seqs = [([1, 5, 9], [11, 12, 2]), ([1, 5, 9], [13]), ([1, 5, 9], [14, 15, 16, 2]), ([1, 7], [17, 2]), ([1, 7], [18, 19])]
+    whole, shared = pack(seqs), pack_shared(seqs)
+    assert shared.n_tokens == 3 + 3 + 1 + 4 + 2 + 2 + 2 < whole.n_tokens
+    with torch.no_grad():
+        a, b = response_logps(model, whole), response_logps(model, shared)
+        torch.testing.assert_close(b.tokens, a.tokens, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.sums, a.sums, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sequence_rewards(rm, shared), sequence_rewards(rm, whole), atol=1e-5, rtol=1e-5)
+
+
+def test_the_samplers_own_log_probs_and_entropies_equal_a_forward_pass(tiny_policy, tiny_reward):
+    from training.rl import collect, load_models, sample
+
+    cfg = small(RLOOConfig, tiny_policy, tiny_reward, k=2, temperature=0.8)
+    models = load_models(cfg, needs_reference=False)
+    responses, logps, ents = sample(models, cfg, PROMPTS[:2], seed=9, k=2, stats=True)
+    from_sampler = collect(models, cfg, PROMPTS[:2], responses, k=2, sampled=(logps, ents))
+    from_forward = collect(models, cfg, PROMPTS[:2], responses, k=2)
+    assert torch.allclose(from_sampler.logp, from_forward.logp, atol=1e-4)
+    assert torch.allclose(from_sampler.entropy, from_forward.entropy, atol=1e-3)
