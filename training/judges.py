@@ -240,7 +240,7 @@ class OpenAIJudge:
 
     def __init__(self, *, base_url: str, model: str, guideline: str = DEFAULT_GUIDELINE, api_key_env: str = "OPENAI_API_KEY",
                  timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, concurrency: int = 4,
-                 post: Callable | None = None, sleep: Callable[[float], None] = time.sleep):
+                 post: Callable | None = None, sleep: Callable[[float], None] = time.sleep, both_orders: bool = True):
         if retries < 0 or concurrency < 1 or timeout <= 0:
             raise ValueError("retries must be >= 0, concurrency >= 1 and timeout > 0")
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -248,6 +248,7 @@ class OpenAIJudge:
         self.api_key = os.environ.get(api_key_env, "")
         self.timeout, self.retries, self.backoff, self.concurrency = timeout, retries, backoff, concurrency
         self.post, self.sleep = post or _httpx_post, sleep
+        self.both_orders = both_orders
 
     def ask(self, messages: list[dict]) -> tuple[tuple[float, float, float], float, dict]:
         """One order: (letter probabilities, seconds, usage), with retries on timeouts,
@@ -278,7 +279,7 @@ class OpenAIJudge:
     def _one(self, pair: Pair) -> Verdict:
         seconds, usage_in, usage_out = 0.0, 0, 0
         orders = []
-        for swap in (False, True):
+        for swap in ((False, True) if self.both_orders else (False,)):
             try:
                 probs, dt, usage = self.ask(judge_messages(pair, self.guideline, swap=swap))
             except JudgeError as exc:
@@ -287,7 +288,7 @@ class OpenAIJudge:
             seconds += dt
             usage_in += int(usage.get("prompt_tokens") or 0)
             usage_out += int(usage.get("completion_tokens") or 0)
-        return _verdict(orders[0], orders[1], latency_s=seconds, prompt_tokens=usage_in, completion_tokens=usage_out)
+        return _verdict(*orders, latency_s=seconds, prompt_tokens=usage_in, completion_tokens=usage_out)
 
     def judge(self, pairs: list[Pair]) -> list[Verdict]:
         """Both orders of each pair; at most ``concurrency`` pairs in flight. A pair that failed

@@ -57,7 +57,7 @@ def build_judge(judge: Judge):
     guideline = getattr(selectors.campaign_guideline(campaign=judge.campaign), "text", "") or DEFAULT_GUIDELINE
     if judge.kind == Judge.Kind.OPENAI:
         return OpenAIJudge(base_url=judge.base_url, model=judge.model, guideline=guideline, api_key_env=judge.api_key_env,
-                           concurrency=judge.concurrency)
+                           concurrency=judge.concurrency, both_orders=judge.both_orders)
     if judge.kind == Judge.Kind.REWARD:
         from workers.evaluation import reward_load
 

@@ -189,6 +189,11 @@ def test_openai_judge_over_http_both_orders_retries_and_usage(endpoint, monkeypa
     assert {s[1] for s in _Endpoint.seen} == {"Bearer sk-test"} and {s[2]["model"] for s in _Endpoint.seen} == {"judge-model"}
 
 
+def test_openai_judge_single_order_asks_once_per_pair(endpoint):
+    v = OpenAIJudge(base_url=endpoint, model="m", both_orders=False, sleep=lambda s: None).judge(PAIRS[:1])[0]
+    assert len(_Endpoint.seen) == 1 and len(v.order_choices) == 1 and v.completion_tokens == 1
+
+
 def test_openai_judge_gives_up_with_the_reason(endpoint):
     _Endpoint.fail_first = 10
     v = OpenAIJudge(base_url=endpoint, model="m", retries=1, sleep=lambda s: None).judge(PAIRS[:1])[0]
