@@ -279,10 +279,7 @@ def main() -> None:
                 res = run_trl(kind, int(steps), best=side == "trl-best")
         harness.child_report(res)
         return
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        raise SystemExit("TRL is not installed: run `make bench-deps` (pip install -r requirements-bench.txt) first.") from None
+    harness.require_trl()
 
     steps, repeats = (3, 1) if args.quick else (args.steps, args.repeats)
     harness.require_idle(args)

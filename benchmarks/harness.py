@@ -139,3 +139,11 @@ def run_child(script: str, args: list[str], *, cwd: str | None = None) -> dict:
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}")
     return json.loads(line[6:])
+
+
+def require_trl() -> None:
+    """Exit saying how to install the peer when TRL is missing."""
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        raise SystemExit("TRL is not installed: run `make bench-deps` (pip install -r requirements-bench.txt) first.") from None

@@ -194,6 +194,25 @@ def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> tuple[
     return float(grad_norm), lr
 
 
+class MetricWindow:
+    """The steps since the last logged metrics row: ``flush`` averages each metric over the
+    steps that reported it and adds the seconds per step."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.started = time.perf_counter()
+
+    def add(self, stats: dict) -> None:
+        self.rows.append(stats)
+
+    def flush(self, **extra) -> dict:
+        keys = dict.fromkeys(k for r in self.rows for k in r)
+        row = {k: sum(r[k] for r in self.rows if k in r) / sum(1 for r in self.rows if k in r) for k in keys}
+        row.update(extra, seconds_per_step=(time.perf_counter() - self.started) / len(self.rows))
+        self.rows, self.started = [], time.perf_counter()
+        return row
+
+
 @dataclass
 class Result:
     status: str  # "completed" or "cancelled"
@@ -253,8 +272,7 @@ def train_loop(
     if on_progress is not None:
         on_progress(start, steps)
     model.train()
-    window: list[dict] = []
-    t_window = time.perf_counter()
+    window = MetricWindow()
     status = "completed"
     save = lambda step, final=False: save_checkpoint(  # noqa: E731
         out_dir, step=step, model=model, tokenizer=tokenizer, cfg=cfg, metrics=metrics,
@@ -282,20 +300,17 @@ def train_loop(
         grad_norm, lr = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
         step = step_index + 1
         step_stats.update(grad_norm=grad_norm, learning_rate=lr)
-        window.append(step_stats)
+        window.add(step_stats)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_stats['loss']:.4f}")
         if on_progress is not None:
             on_progress(step, steps)
         if step % cfg.log_every == 0 or step == steps:
-            row = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-            row.update(step=step, epoch=step * cfg.grad_accum * cfg.batch_size / max(1, n_rows),
-                       seconds_per_step=(time.perf_counter() - t_window) / len(window))
+            row = window.flush(step=step, epoch=step * cfg.grad_accum * cfg.batch_size / max(1, n_rows))
             metrics.append(row)
             if on_metrics:
                 on_metrics(step, row)
-            window, t_window = [], time.perf_counter()
         if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
             row = {"step": step, **{f"eval_{k}": v for k, v in evaluate().items()}}
             metrics.append(row)

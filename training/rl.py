@@ -22,7 +22,6 @@ import json
 import math
 import random
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,15 @@ from torch.nn.utils.rnn import pad_sequence
 from training.config import RLConfig
 from training.data import prompt_tokens
 from training.logprobs import token_logps
-from training.loop import Result, latest_checkpoint, load_weights, optimizer_and_schedule, optimizer_step, save_checkpoint
+from training.loop import (
+    MetricWindow,
+    Result,
+    latest_checkpoint,
+    load_weights,
+    optimizer_and_schedule,
+    optimizer_step,
+    save_checkpoint,
+)
 from training.models import load_model, return_freed_memory_to_the_os, unwrap
 from training.packing import Packed, hidden_states, pack_shared
 from training.seeds import mix_seed, seed_everything
@@ -415,9 +422,8 @@ def rl_loop(
 
     if start == 0 and ckpt is None and eval_prompts and (models.gold is not None or cfg.monitor_every):
         measure(0)
-    window: list[dict] = []
+    window = MetricWindow()
     status, step = "completed", start
-    t_window = time.perf_counter()
     for step_index in range(start, steps):
         if should_cancel is not None and should_cancel():
             status = "cancelled"
@@ -452,18 +458,14 @@ def rl_loop(
         if after_rollout is not None:
             after_rollout(rollout, stats)
         step = step_index + 1
-        window.append(stats)
+        window.add(stats)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(score=f"{stats['objective/scores']:.3f}")
         if on_progress is not None:
             on_progress(step, steps)
         if step % cfg.log_every == 0 or step == steps:
-            row = {k: sum(w[k] for w in window if k in w) / sum(1 for w in window if k in w) for k in window[-1]}
-            row.update(step=step, episodes=step * cfg.prompts_per_rollout * cfg.k,
-                       seconds_per_step=(time.perf_counter() - t_window) / len(window))
-            log(step, row)
-            window, t_window = [], time.perf_counter()
+            log(step, window.flush(step=step, episodes=step * cfg.prompts_per_rollout * cfg.k))
         if cfg.monitor_every and step % cfg.monitor_every == 0 and step != steps:
             measure(step)
         if cfg.save_every and step % cfg.save_every == 0 and step != steps:
