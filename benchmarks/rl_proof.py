@@ -16,7 +16,7 @@ Gao et al. 2022)? Draws the reward-KL frontier of three β values as an SVG.
     python benchmarks/rl_proof.py [--quick] [--steps 30] [--betas 0.002,0.02,0.1] [--out var/rl_proof]
 
 Last line: ``RESULT gold_gain_best=... proxy_gain_smallest_beta=... gold_drop_smallest_beta=...``;
-the frontier in ``benchmarks/rl_frontier.svg`` and the curves in ``OUT/summary.json``.
+the frontier in ``benchmarks/rl_frontier.svg`` (``--quick``: in OUT) and the curves in ``OUT/summary.json``.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
         print(f"β={beta}: " + ", ".join(f"step {m['step']} KL {m['monitor/kl']:.2f} proxy {m['monitor/proxy_score']:.3f} "
                                        f"gold {m['monitor/gold_score']:.3f}" for m in rows), flush=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    frontier_svg(runs, ROOT / "benchmarks" / ("rl_frontier_quick.svg" if args.quick else "rl_frontier.svg"))
+    frontier_svg(runs, out / "rl_frontier.svg" if args.quick else ROOT / "benchmarks" / "rl_frontier.svg")
     smallest = runs[min(runs)]
     gains = {b: max(m["monitor/gold_score"] for m in rows) - rows[0]["monitor/gold_score"] for b, rows in runs.items()}
     fields = {
