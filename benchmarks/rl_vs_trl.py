@@ -172,7 +172,7 @@ def run_parity(algo: str, rm: str) -> dict:
     from training import rloo
     from training.config import GRPOConfig, RLOOConfig
     from training.data import prompt_tokens
-    from training.rl import collect, load_models, reward_scores
+    from training.rollout import collect, load_models, reward_scores
 
     cls = GRPOConfig if algo == "grpo" else RLOOConfig
     cfg = cls(reward_model=rm, k=K, prompts_per_rollout=PROMPTS_PER_STEP, max_new_tokens=MAX_NEW, lr=PARITY_LR,

@@ -28,7 +28,8 @@ from training import losses
 from training.config import RLOOConfig  # torch-free, beside every recipe's config: see there
 from training.data import Report
 from training.loop import Result
-from training.rl import Rollout, load_models, prompts_truncated, rl_loop, to_padded, train_stats
+from training.rl import rl_loop
+from training.rollout import Rollout, load_models, prompts_truncated, to_padded, train_stats
 
 
 def advantages(rollout: Rollout, cfg: RLOOConfig) -> torch.Tensor:

@@ -239,7 +239,7 @@ def test_rollout_log_probs_are_the_sampling_distributions_and_the_first_ratio_is
     """At temperature 0.7 the old log-probs are log softmax(logits / 0.7) (as TRL takes them),
     equal to what the loss recomputes before any update: the first ratio is exactly 1."""
     from training.data import prompt_tokens
-    from training.rl import collect, load_models, sample, to_padded, train_stats
+    from training.rollout import collect, load_models, sample, to_padded, train_stats
 
     cfg = small(RLOOConfig, tiny_policy, tiny_reward, k=2, temperature=0.7, lora_dropout=0.0)
     models = load_models(cfg, needs_reference=True)
@@ -279,7 +279,7 @@ def test_shared_prompt_packing_equals_packing_each_sequence(tiny_policy, tiny_re
 
 
 def test_the_samplers_own_log_probs_and_entropies_equal_a_forward_pass(tiny_policy, tiny_reward):
-    from training.rl import collect, load_models, sample
+    from training.rollout import collect, load_models, sample
 
     cfg = small(RLOOConfig, tiny_policy, tiny_reward, k=2, temperature=0.8)
     models = load_models(cfg, needs_reference=False)
