@@ -55,7 +55,8 @@ def monitor(models: Models, cfg: RLConfig, eval_prompts: list[list[dict]]) -> di
     if r.ref_logp is not None:
         out["monitor/kl"] = ((r.logp - r.ref_logp) * r.mask).sum(1).mean().item()
     if models.gold is not None:
-        gold = reward_scores(models.gold, models.gold_tokenizer, models.tokenizer, r.prompts, r.prompt_ids, r.response_ids)
+        gold = reward_scores(models.gold, models.gold_tokenizer, models.tokenizer, r.prompts, r.prompt_ids, r.response_ids,
+                             same=models.gold_same_vocab)
         out["monitor/gold_score"] = gold.mean().item()
     return out
 
@@ -78,13 +79,15 @@ def rollout_steps(n_prompts: int, cfg: RLConfig) -> int:
 def step_prompts(n_prompts: int, cfg: RLConfig, step: int) -> list[int]:
     """The prompt indices of rollout ``step``: consecutive slices of per-epoch permutations
     seeded by (seed, epoch), so any step's prompts are known without replaying the others."""
+    orders: dict[int, list[int]] = {}  # a rollout spans at most a few epochs: each permutation drawn once
     out = []
     start = step * cfg.prompts_per_rollout
     for pos in range(start, start + cfg.prompts_per_rollout):
         epoch, i = divmod(pos, n_prompts)
-        order = list(range(n_prompts))
-        random.Random(mix_seed(cfg.seed, epoch)).shuffle(order)
-        out.append(order[i])
+        if epoch not in orders:
+            orders[epoch] = list(range(n_prompts))
+            random.Random(mix_seed(cfg.seed, epoch)).shuffle(orders[epoch])
+        out.append(orders[epoch][i])
     return out
 
 

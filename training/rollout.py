@@ -39,6 +39,8 @@ class Models:
     gold_tokenizer: object | None = None
     value_head: torch.nn.Linear | None = None
     has_reference: bool = False
+    reward_same_vocab: bool = True  # the reward model reads the policy's token ids as they are
+    gold_same_vocab: bool = True
 
     @contextlib.contextmanager
     def reference_mode(self):
@@ -71,9 +73,11 @@ def load_models(cfg: RLConfig, *, value_head: bool = False, needs_reference: boo
     disable_dropout(policy)  # old and new log-probs from the same function: the first ratio is exactly 1
     reward, reward_tok = load_reward_model(cfg.reward_model, device=str(device))
     reward.requires_grad_(False)
-    models = Models(policy=policy, tokenizer=tokenizer, device=device, reward=reward, reward_tokenizer=reward_tok)
+    models = Models(policy=policy, tokenizer=tokenizer, device=device, reward=reward, reward_tokenizer=reward_tok,
+                    reward_same_vocab=same_vocab(reward_tok, tokenizer))
     if cfg.gold_model:
         models.gold, models.gold_tokenizer = load_reward_model(cfg.gold_model, device=str(device))
+        models.gold_same_vocab = same_vocab(models.gold_tokenizer, tokenizer)
         models.gold.requires_grad_(False)
     if needs_reference:
         models.has_reference = True
@@ -134,15 +138,19 @@ def train_stats(model, packed: Packed, *, chunk: int, value_head=None, temperatu
     return lp, values
 
 
+def same_vocab(a, b) -> bool:
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
 @torch.no_grad()
 def reward_scores(model, model_tokenizer, policy_tokenizer, prompts: list[list[dict]], prompt_ids: list[list[int]],
-                  responses: list[list[int]], batch_size: int = 16) -> torch.Tensor:
+                  responses: list[list[int]], batch_size: int = 16, same: bool | None = None) -> torch.Tensor:
     """The reward model's score of each (prompt, response), read at the response's last token:
-    the sampled token ids as they are when the reward model shares the policy's vocabulary,
-    else the decoded text re-tokenised its way."""
+    the sampled token ids as they are when the reward model shares the policy's vocabulary
+    (``same``; None: compare the two vocabularies now), else the decoded text re-tokenised its way."""
     from training.reward import score, sequence_rewards
 
-    same = (model_tokenizer.get_vocab() == policy_tokenizer.get_vocab()) if model_tokenizer is not policy_tokenizer else True
+    same = same_vocab(model_tokenizer, policy_tokenizer) if same is None else same
     device = next(model.parameters()).device
     if same:
         out = []
@@ -228,7 +236,8 @@ def collect(models: Models, cfg: RLConfig, prompts: list[list[dict]], response_i
     models.policy.train(was_training)
     eos_id = models.tokenizer.eos_token_id
     eos = torch.tensor([bool(r) and r[-1] == eos_id for r in response_ids])
-    scores = reward_scores(models.reward, models.reward_tokenizer, models.tokenizer, episodes, p_ids, response_ids)
+    scores = reward_scores(models.reward, models.reward_tokenizer, models.tokenizer, episodes, p_ids, response_ids,
+                           same=models.reward_same_vocab)
     if cfg.missing_eos_penalty:
         scores = scores - cfg.missing_eos_penalty * (~eos).float()
     pad = lambda x: None if x is None else to_padded(x.float().cpu(), counts)  # noqa: E731
