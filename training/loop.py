@@ -190,6 +190,7 @@ def optimizer_step(params, optimizer, scheduler, max_grad_norm: float) -> tuple[
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm else float("inf"))
     lr = scheduler.get_last_lr()[0]
     optimizer.step()
+    optimizer.zero_grad(set_to_none=True)  # the gradients are not kept until the next backward (RL samples in between)
     scheduler.step()
     return float(grad_norm), lr
 

@@ -48,3 +48,30 @@ def test_tied_embedding_gradients_added_in_place_equal_autograds(tiny_model):
     for (name, a), (_, b) in zip(plain.named_parameters(), tied.named_parameters()):
         assert a.grad is not None and b.grad is not None, name
         assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_one_chunk_keeps_its_probabilities_with_the_same_gradient(monkeypatch):
+    """A single chunk small enough keeps its softmax from the forward pass (no second head
+    product in the backward); gradients equal the recomputing path's and autograd's."""
+    import training.logprobs as lp
+
+    torch.manual_seed(2)
+    head = torch.nn.Linear(8, 40, bias=True).double()
+    h0, targets, weights = torch.randn(9, 8, dtype=torch.float64), torch.randint(0, 40, (9,)), torch.randn(9, dtype=torch.float64)
+    calls = []
+    real_linear = lp.F.linear
+    monkeypatch.setattr(lp.F, "linear", lambda *a, **k: calls.append(1) or real_linear(*a, **k))
+    grads = {}
+    for keep_bytes in (0, lp.KEEP_PROBS_BYTES):
+        monkeypatch.setattr(lp, "KEEP_PROBS_BYTES", keep_bytes)
+        calls.clear()
+        h = h0.clone().requires_grad_()
+        out = token_logps(head, h, targets, chunk=16)  # one chunk
+        grads[keep_bytes] = torch.autograd.grad((out.double() * weights).sum(), [h, head.weight, head.bias])
+        assert len(calls) == (2 if keep_bytes == 0 else 1)  # the backward recomputes the product only without keeping
+    ref_h = h0.clone().requires_grad_()
+    ref = torch.log_softmax(real_linear(ref_h, head.weight, head.bias), -1).gather(-1, targets[:, None]).squeeze(-1)
+    g_ref = torch.autograd.grad((ref * weights).sum(), [ref_h, head.weight, head.bias])
+    for kept, recomputed, r in zip(grads[lp.KEEP_PROBS_BYTES], grads[0], g_ref):
+        assert torch.allclose(kept, recomputed, atol=1e-10)
+        assert torch.allclose(kept, r, atol=1e-6)
