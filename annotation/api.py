@@ -17,6 +17,7 @@ from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_R
 from annotation.models import Assignment, Campaign, Choice, Strength, Vote
 from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
 from annotation.rendering import markdown_html
+from annotation.snapshots import snapshot_rows
 from training.formats import Line, numbered_lines
 
 
@@ -256,7 +257,7 @@ class PreferenceExportApi(APIView):
         fmt = request.query_params.get("export_format") or "trl"  # not "format": DRF reads that one
         if fmt not in selectors.EXPORT_FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(selectors.EXPORT_FORMATS)}.", details={"export_format": fmt[:50]})
-        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta, fmt=fmt)
+        rows = snapshot_rows(lambda: selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta, fmt=fmt))
         response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
         name = "preferences" if fmt == "trl" else "kto"
         response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-{name}.jsonl"'

@@ -8,6 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from annotation.management.commands._common import campaign_or_error
 from annotation.parsing import jsonl_lines
 from annotation.selectors import EXPORT_FORMATS, preferences_export_rows
+from annotation.snapshots import snapshot_rows
 
 
 class Command(BaseCommand):
@@ -22,7 +23,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, campaign, fmt, output, with_meta, **options):
         camp = campaign_or_error(campaign)
-        rows = preferences_export_rows(campaign=camp, with_meta=with_meta, fmt=fmt)
+        rows = snapshot_rows(lambda: preferences_export_rows(campaign=camp, with_meta=with_meta, fmt=fmt))
         if output == "-":
             n = self._write(rows, sys.stdout)
         else:
