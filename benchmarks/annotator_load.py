@@ -1,0 +1,246 @@
+"""Annotators over real HTTP against the production server on PostgreSQL: next + vote cycles/s,
+per-call latency percentiles, errors, and after every run the check that the database holds
+exactly the acknowledged votes (no duplicates, no comparison over its overlap).
+
+- Server: gunicorn as docker-compose runs it (``webapp.wsgi``, production settings,
+  ``--workers 4`` sync by default; ``--worker-class gthread --threads T`` to compare).
+- Load: locust (FastHttpUser, gevent) in its own process, N annotators with their own API
+  tokens, zero think time, looping ``POST next`` -> ``POST vote`` until the campaign runs dry
+  (or ``--max-seconds``); ``--pace S``: each annotator does one cycle every ~S seconds
+  (exponential think time), for ``--pace-seconds``.
+- Data: per run a new campaign (votes_per_pair 3) of ``--comparisons`` pairs and N new members.
+
+    python benchmarks/annotator_load.py [--quick] [--users 1,10,50,100] [--comparisons 2000]
+        [--pace-users 1000 --pace 5] [--worker-class sync|gthread] [--workers 4] [--threads 4]
+        [--db postgres://postgres@127.0.0.1:5432/prefloop_load]
+
+Last line: ``RESULT cycles_per_s_n1=... cycles_per_s_n100=... errors=... lost_votes=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks import harness  # noqa: E402
+from tests.processes import free_port, wait_for  # noqa: E402
+
+DEFAULT_DB = "postgres://postgres@127.0.0.1:5432/prefloop_load"
+BROKER = "redis://127.0.0.1:6379/9"
+
+
+# ---------------------------------------------------------------- the load generator (child process)
+
+
+def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: float) -> dict:
+    """Locust users in this process; returns counts, acknowledged vote ids and latencies."""
+    import gevent
+    from locust import FastHttpUser, constant, events, task
+    from locust.env import Environment
+    from locust.exception import StopUser
+
+    tokens = json.loads(Path(tokens_file).read_text())
+    queue = list(tokens)
+    acknowledged: list[int] = []
+    errors: list[str] = []
+    cycles = [0]
+    rng = random.Random(0)
+
+    class Annotator(FastHttpUser):
+        # paced: exponential think time between cycles (between tasks, so a stop lets the
+        # cycle in flight finish and be counted)
+        wait_time = (lambda self: rng.expovariate(1.0 / pace)) if pace else constant(0)
+
+        def on_start(self):
+            self.token = queue.pop()
+            self.headers = {"Authorization": f"Token {self.token}"}
+
+        @task
+        def cycle(self):
+            with self.client.post(f"/api/campaigns/{slug}/next/", headers=self.headers, name="next", catch_response=True) as r:
+                if r.status_code != 200:
+                    errors.append(f"next {r.status_code} {r.text[:200]}")
+                    r.failure(f"status {r.status_code}")
+                    raise StopUser()
+                item = r.json()["assignment"]
+            if item is None:
+                raise StopUser()
+            body = {"choice": rng.choice(["a", "b", "tie", "both_bad"]), "seconds_spent": 1.0}
+            with self.client.post(f"/api/assignments/{item['id']}/vote/", json=body, headers=self.headers, name="vote",
+                                  catch_response=True) as v:
+                if v.status_code not in (200, 201):
+                    errors.append(f"vote {v.status_code} {v.text[:200]}")
+                    v.failure(f"status {v.status_code}")
+                    raise StopUser()
+                acknowledged.append(v.json()["vote_id"])
+            cycles[0] += 1
+
+    env = Environment(user_classes=[Annotator], host=host, events=events, stop_timeout=60)
+    runner = env.create_local_runner()
+    t0 = time.perf_counter()
+    runner.start(len(tokens), spawn_rate=max(len(tokens), 1))
+    deadline = t0 + max_seconds
+    while time.perf_counter() < deadline:
+        gevent.sleep(0.2)
+        if runner.user_count == 0 and time.perf_counter() - t0 > 1:
+            break
+    runner.stop()  # waits (stop_timeout) for the cycles in flight
+    elapsed = time.perf_counter() - t0
+    runner.quit()
+    stats = {}
+    for name in ("next", "vote"):
+        s = env.stats.get(name, "POST")
+        stats[name] = {"n": s.num_requests, "failures": s.num_failures,
+                       **{f"p{q}": s.get_response_time_percentile(q / 100) for q in (50, 95, 99)}}
+    return {"cycles": cycles[0], "elapsed_s": elapsed, "acknowledged": acknowledged, "errors": errors[:10],
+            "n_errors": len(errors), "calls": stats}
+
+
+# ---------------------------------------------------------------- setup and checks (this process, Django)
+
+
+def setup_django(db_url: str) -> None:
+    os.environ["DATABASE_URL"] = db_url
+    os.environ["DJANGO_SETTINGS_MODULE"] = "webapp.settings.test"  # fast password hashing for the setup
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import django
+    import psycopg
+
+    name = db_url.rsplit("/", 1)[1]
+    with psycopg.connect(db_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as c:
+        if not c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            c.execute(f'CREATE DATABASE "{name}"')
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def make_run(n_users: int, n_comparisons: int) -> tuple[str, list[str]]:
+    from rest_framework.authtoken.models import Token
+
+    from annotation import services
+    from benchmarks.assignment_load import make_campaign
+
+    slug = f"load-{n_users}-{uuid.uuid4().hex[:8]}"
+    campaign, users = make_campaign(slug=slug, n_comparisons=n_comparisons, n_annotators=n_users, votes_per_pair=3)
+    if hasattr(services, "campaign_members_add"):  # campaign membership: annotators vote only in their campaigns
+        services.campaign_members_add(campaign=campaign, users=users, added_by=None)
+    return slug, [Token.objects.create(user=u).key for u in users]
+
+
+def check(slug: str, acknowledged: list[int]) -> dict:
+    from django.db.models import Count
+
+    from annotation.models import Comparison, Vote
+
+    votes = Vote.objects.filter(comparison__campaign__slug=slug)
+    stored = set(votes.values_list("pk", flat=True))
+    over = Comparison.objects.filter(campaign__slug=slug).annotate(n=Count("votes")).filter(n__gt=3).count()
+    dups = votes.values("comparison", "annotator").annotate(n=Count("pk")).filter(n__gt=1).count()
+    return {"stored": len(stored), "acknowledged": len(acknowledged), "lost": len(set(acknowledged) - stored),
+            "unacknowledged_stored": len(stored - set(acknowledged)), "over_overlap": over, "duplicates": dups}
+
+
+def server(args, port: int, db_url: str, log: Path):
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="webapp.settings.production", SECRET_KEY="load-benchmark-only",
+               ALLOWED_HOSTS="127.0.0.1,localhost", DATABASE_URL=db_url, CELERY_BROKER_URL=BROKER, SECURE_SSL_REDIRECT="0",
+               PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
+           "--workers", str(args.workers), "--timeout", "120", "--worker-class", args.worker_class]
+    if args.worker_class == "gthread":
+        cmd += ["--threads", str(args.threads)]
+    out = log.open("w")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    import urllib.request
+
+    def up() -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/schema/", timeout=2)
+        except urllib.error.HTTPError:
+            return True  # answering (401 without a token)
+        except OSError:
+            return False
+        return True
+
+    wait_for(up, timeout=60, what="gunicorn", proc=proc, log=log)
+    return proc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="N = 1 and 10, 300 comparisons, a 20 s paced run of 100")
+    ap.add_argument("--users", default="1,10,50,100")
+    ap.add_argument("--comparisons", type=int, default=2000)
+    ap.add_argument("--pace-users", type=int, default=1000, help="annotators of the paced run (0: none)")
+    ap.add_argument("--pace", type=float, default=5.0, help="seconds between one annotator's cycles in the paced run")
+    ap.add_argument("--pace-seconds", type=float, default=60.0)
+    ap.add_argument("--max-seconds", type=float, default=300.0)
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--db", default=DEFAULT_DB)
+    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    harness.add_arguments(ap, repeats=1)
+    args = ap.parse_args()
+    if args.child:
+        host, tokens, slug, max_s, pace = args.child
+        harness.child_report(child(host, tokens, slug, float(max_s), float(pace)))
+        return
+    if args.quick:
+        args.users, args.comparisons, args.pace_users, args.pace_seconds = "1,10", 300, 100, 20.0
+    harness.require_idle(args)
+    setup_django(args.db)
+    port = free_port()
+    fields: dict = {}
+    lost = errors = unacked = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = server(args, port, args.db, Path(tmp) / "gunicorn.log")
+        try:
+            plan = [(int(n), 0.0, args.max_seconds) for n in args.users.split(",")]
+            if args.pace_users:
+                plan.append((args.pace_users, args.pace, args.pace_seconds))
+            print(f"gunicorn {args.worker_class} x{args.workers}" + (f" ({args.threads} threads)" if args.worker_class == "gthread" else "")
+                  + f", PostgreSQL, {args.comparisons} comparisons per run", flush=True)
+            for n, pace, max_s in plan:
+                # a paced run needs enough pairs for its length: ~1 cycle per pace seconds per annotator
+                pairs = args.comparisons if not pace else max(args.comparisons, int(n * max_s / pace / 3 * 1.5) + 1)
+                slug, tokens = make_run(n, pairs)
+                tokens_file = Path(tmp) / f"{slug}.json"
+                tokens_file.write_text(json.dumps(tokens))
+                r = harness.run_child(__file__, ["--child", f"http://127.0.0.1:{port}", str(tokens_file), slug, str(max_s), str(pace)],
+                                      cwd=str(ROOT))
+                c = check(slug, r["acknowledged"])
+                lost += c["lost"]
+                unacked += c["unacknowledged_stored"]
+                errors += r["n_errors"]
+                rate = r["cycles"] / r["elapsed_s"]
+                label = f"N={n}" + (f" paced {pace:g}s" if pace else "")
+                print(f"{label:<16} {rate:7.1f} cycles/s  next p50/p95/p99 {r['calls']['next']['p50']:.0f}/{r['calls']['next']['p95']:.0f}/"
+                      f"{r['calls']['next']['p99']:.0f} ms  vote {r['calls']['vote']['p50']:.0f}/{r['calls']['vote']['p95']:.0f}/"
+                      f"{r['calls']['vote']['p99']:.0f} ms  errors {r['n_errors']}  stored {c['stored']} = acknowledged "
+                      f"{c['acknowledged']}: {c['lost'] == 0 and c['unacknowledged_stored'] == 0}  over overlap {c['over_overlap']}  "
+                      f"duplicates {c['duplicates']}" + (f"  first errors {r['errors'][:2]}" if r["errors"] else ""), flush=True)
+                key = f"n{n}" + ("_paced" if pace else "")
+                fields[f"cycles_per_s_{key}"] = round(rate, 1)
+                if pace:
+                    fields[f"p99_ms_{key}"] = max(r["calls"]["next"]["p99"], r["calls"]["vote"]["p99"])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    fields.update(errors=errors, lost_votes=lost, unacknowledged_stored=unacked)
+    print(harness.result_line(fields))
+
+
+if __name__ == "__main__":
+    main()
