@@ -1,19 +1,32 @@
-"""Django admin: how admins manage campaigns, guidelines, users and exports for now.
+"""Django admin: how admins manage campaigns, guidelines, members, users and exports for now.
 
-Votes, preferences, responses and assignments are records of what happened: read-only here.
+Votes, preferences, responses, comparisons and assignments are records of what happened:
+read-only here (no add, change or delete, nor a bulk delete), as are runs, evaluations and
+promotions; campaigns are deactivated, not deleted. Deleting a vote left its comparison's
+``vote_count`` counting a vote that was gone, so nothing here deletes those rows, neither
+directly nor in cascade: the admin refuses to delete a parent (a prompt, a user) whose cascade
+reaches a model whose admin refuses deletion.
 Guideline versions are immutable; editing the guideline on a campaign publishes a new version.
+Campaign members (who may annotate in a campaign) are added and removed on the campaign's page
+or with the "add to campaign" action on users; both go through ``services.campaign_members_*``.
 """
 
 from django import forms
 from django.contrib import admin
 from django.contrib import messages
+from django.contrib.admin.helpers import ActionForm
+from django.contrib.auth import get_user_model
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import StreamingHttpResponse
 
 from annotation import enqueue, selectors, services
 from annotation.models import (
     Assignment,
+    AuditEvent,
     Campaign,
+    CampaignMembership,
     Comparison,
     Evaluation,
     GuidelineVersion,
@@ -28,13 +41,20 @@ from annotation.models import (
     Vote,
 )
 from annotation.parsing import jsonl_lines
+from annotation.snapshots import snapshot_rows
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records: listed and viewable (the change page shows them read-only), never added, changed
+    or deleted here; without the delete permission the bulk "delete selected" action is gone too."""
+
     def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False
 
 
@@ -87,13 +107,42 @@ class JudgeInline(admin.TabularInline):
     fields = ("name", "kind", "model", "base_url", "api_key_env", "both_orders", "batch_size", "concurrency", "enabled")
 
 
+class MembershipInline(admin.TabularInline):
+    """Who may annotate in the campaign. Rows are added or removed, never edited (another user is
+    another membership); saving goes through the services (``CampaignAdmin.save_formset``)."""
+
+    model = CampaignMembership
+    fk_name = "campaign"
+    fields = ("user", "added_by", "added_at")
+    readonly_fields = ("added_by", "added_at")
+    autocomplete_fields = ("user",)
+    extra = 0
+    verbose_name_plural = "Members (annotators who may work in this campaign; reviewers and admins see every campaign)"
+
+    def has_change_permission(self, request, obj=None):
+        return False  # existing rows show read-only; new rows and the delete boxes stay
+
+
 @admin.register(Campaign)
 class CampaignAdmin(admin.ModelAdmin):
     form = CampaignForm
     list_display = ("slug", "name", "is_active", "policy", "arena_policy", "buffer_size", "votes_per_pair", "gold_rate", "created_at")
     prepopulated_fields = {"slug": ("name",)}
-    inlines = [GuidelineInline, RetrainPolicyInline, JudgeInline]
+    inlines = [GuidelineInline, MembershipInline, RetrainPolicyInline, JudgeInline]
     actions = ["export_preferences", "sample_pairs_now"]
+
+    def has_delete_permission(self, request, obj=None):
+        # Deleting a campaign would erase its votes, preferences and guideline history in
+        # cascade: deactivate it (is_active) instead.
+        return False
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is not CampaignMembership:
+            return super().save_formset(request, form, formset, change)
+        formset.save(commit=False)  # collects new and deleted rows, writes nothing
+        services.campaign_members_remove(campaign=form.instance, users=[m.user for m in formset.deleted_objects],
+                                         removed_by=request.user)
+        services.campaign_members_add(campaign=form.instance, users=[m.user for m in formset.new_objects], added_by=request.user)
 
     def get_readonly_fields(self, request, obj=None):
         # The active policy changes only by promotion or roll-back (console or API), which
@@ -115,7 +164,9 @@ class CampaignAdmin(admin.ModelAdmin):
     @admin.action(description="Export preferences (TRL JSONL with metadata)", permissions=["export"])
     def export_preferences(self, request, queryset):
         campaign = queryset.first()
-        rows = selectors.preferences_export_rows(campaign=campaign, with_meta=True)
+        services.audit_record(actor=request.user, action=AuditEvent.Action.EXPORT, campaign=campaign, target="trl",
+                              details={"with_meta": True, "via": "admin"})
+        rows = snapshot_rows(lambda: selectors.preferences_export_rows(campaign=campaign, with_meta=True))
         response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
         response["Content-Disposition"] = f'attachment; filename="{campaign.slug}-preferences.jsonl"'
         return response
@@ -157,6 +208,17 @@ class EvaluationAdmin(ReadOnlyAdmin):
     list_filter = ("campaign", "status", "decision")
 
 
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    """Who did what (guideline edits, promotions and roll-backs, exports, membership changes),
+    written by the services; admins only (nobody else has ``view_auditevent``)."""
+
+    list_display = ("created_at", "actor", "action", "campaign", "target")
+    list_filter = ("action", "campaign")
+    search_fields = ("target", "actor__username")
+    date_hierarchy = "created_at"
+
+
 @admin.register(PolicyPromotion)
 class PolicyPromotionAdmin(ReadOnlyAdmin):
     """Promotions and roll-backs happen through the API (services.campaign_policy_*): recorded here."""
@@ -167,7 +229,12 @@ class PolicyPromotionAdmin(ReadOnlyAdmin):
 
 @admin.register(Prompt)
 class PromptAdmin(ReadOnlyAdmin):
-    """Prompts come in through import (command or API), which validates and de-duplicates them."""
+    """Prompts come in through import (command or API), which validates and de-duplicates them.
+    A prompt nothing was made from yet may be deleted: the cascade to its responses,
+    comparisons and preferences is refused by their admins (read-only records)."""
+
+    def has_delete_permission(self, request, obj=None):
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
 
     list_display = ("id", "campaign", "split", "tags", "created_at")
     list_filter = ("campaign", "split")
@@ -201,3 +268,50 @@ class VoteAdmin(ReadOnlyAdmin):
 class PreferenceAdmin(ReadOnlyAdmin):
     list_display = ("id", "campaign", "source", "n_votes", "agreement", "margin", "created_at")
     list_filter = ("campaign", "source")
+
+
+# ---------------------------------------------------------------- users: campaign membership
+
+
+class CampaignActionForm(ActionForm):
+    campaign = forms.ModelChoiceField(queryset=Campaign.objects.order_by("slug"), required=False, empty_label="(campaign)",
+                                      help_text="for the add / remove campaign actions")
+
+
+User = get_user_model()
+admin.site.unregister(User)  # registered by django.contrib.auth (imported above): extend it
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    """Django's user admin, plus adding the selected users to a campaign (or removing them): pick
+    the campaign beside the action menu."""
+
+    action_form = CampaignActionForm
+    actions = ["add_to_campaign", "remove_from_campaign"]
+
+    def has_members_permission(self, request):
+        return request.user.has_perm("annotation.add_campaignmembership") and request.user.has_perm(
+            "annotation.delete_campaignmembership")
+
+    def _chosen_campaign(self, request) -> Campaign | None:
+        try:
+            campaign = CampaignActionForm.base_fields["campaign"].clean(request.POST.get("campaign"))
+        except ValidationError:
+            campaign = None
+        if campaign is None:
+            self.message_user(request, "Choose a campaign beside the action first; nothing changed.", messages.ERROR)
+        return campaign
+
+    @admin.action(description="Add selected users to the chosen campaign", permissions=["members"])
+    def add_to_campaign(self, request, queryset):
+        if campaign := self._chosen_campaign(request):
+            n = services.campaign_members_add(campaign=campaign, users=queryset, added_by=request.user)
+            self.message_user(request, f"{n} user(s) added to '{campaign.slug}' ({queryset.count() - n} already members).",
+                              messages.SUCCESS)
+
+    @admin.action(description="Remove selected users from the chosen campaign", permissions=["members"])
+    def remove_from_campaign(self, request, queryset):
+        if campaign := self._chosen_campaign(request):
+            n = services.campaign_members_remove(campaign=campaign, users=queryset, removed_by=request.user)
+            self.message_user(request, f"{n} user(s) removed from '{campaign.slug}'.", messages.SUCCESS)

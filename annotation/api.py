@@ -13,12 +13,13 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.errors import ImportRejected, InvalidInput
-from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS, MAX_UPLOAD_BYTES
-from annotation.models import Assignment, Campaign, Choice, Strength, Vote
+from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS
+from annotation.models import Assignment, AuditEvent, Campaign, Choice, Strength, Vote
 from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
 from annotation.rendering import markdown_html
 from annotation.snapshots import snapshot_rows
-from training.formats import Line, numbered_lines
+from annotation.throttles import AnnotateRateThrottle
+from annotation.uploads import upload_guard, uploaded_lines
 
 
 
@@ -36,6 +37,8 @@ def perm(codename: str) -> type[permissions.BasePermission]:
 
 
 def _campaign(slug: str, user) -> Campaign:
+    # A campaign the user may not see (an annotator's non-member campaign, an inactive one)
+    # answers the same 404 as an unknown slug: 403 would confirm that the slug exists.
     return get_object_or_404(selectors.campaigns_for_user(user=user), slug=slug)
 
 
@@ -135,6 +138,8 @@ class ImportReportOut(serializers.Serializer):
     created = serializers.IntegerField()
     duplicates = serializers.IntegerField()
     written = serializers.BooleanField()
+    error_count = serializers.IntegerField(help_text="Bad lines in all")
+    errors_truncated = serializers.BooleanField(help_text="True when only the first bad lines are listed")
     errors = inline_serializer("ImportError", {"line": serializers.IntegerField(), "reason": serializers.CharField()}, many=True)
 
 
@@ -155,6 +160,8 @@ class CampaignDetailApi(APIView):
 
 class NextComparisonApi(APIView):
     permission_classes = [perm("annotation.annotate")]
+    throttle_classes = [AnnotateRateThrottle]
+    throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(
         request=None,
@@ -189,6 +196,8 @@ class VoteSubmitOut(serializers.Serializer):
 
 class VoteSubmitApi(APIView):
     permission_classes = [perm("annotation.annotate")]
+    throttle_classes = [AnnotateRateThrottle]
+    throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(
         request=VoteIn,
@@ -213,6 +222,8 @@ class SkipIn(serializers.Serializer):
 
 class SkipApi(APIView):
     permission_classes = [perm("annotation.annotate")]
+    throttle_classes = [AnnotateRateThrottle]
+    throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(request=SkipIn, responses={200: OpenApiResponse(description="Skipped")}, summary="Skip a leased comparison")
     def post(self, request, assignment_id: int):
@@ -257,6 +268,8 @@ class PreferenceExportApi(APIView):
         fmt = request.query_params.get("export_format") or "trl"  # not "format": DRF reads that one
         if fmt not in selectors.EXPORT_FORMATS:
             raise InvalidInput(f"format must be one of {', '.join(selectors.EXPORT_FORMATS)}.", details={"export_format": fmt[:50]})
+        services.audit_record(actor=request.user, action=AuditEvent.Action.EXPORT, campaign=campaign, target=fmt,
+                              details={"with_meta": with_meta, "via": "api"})
         rows = snapshot_rows(lambda: selectors.preferences_export_rows(campaign=campaign, with_meta=with_meta, fmt=fmt))
         response = StreamingHttpResponse(jsonl_lines(rows), content_type="application/jsonl")
         name = "preferences" if fmt == "trl" else "kto"
@@ -273,16 +286,19 @@ class PreferenceImportIn(ImportIn):
     format = serializers.ChoiceField(choices=["trl", "hh"])
 
 
-def uploaded_lines(upload) -> list[Line]:
-    """Numbered lines of an uploaded UTF-8 text file (a line that is not UTF-8 is reported by number)."""
-    if upload.size > MAX_UPLOAD_BYTES:
-        raise InvalidInput(f"The file is too large ({upload.size} bytes, limit {MAX_UPLOAD_BYTES}).")
-    return numbered_lines(upload.read())
+class UploadApi(APIView):
+    """An import endpoint: its upload is refused over ``limits.MAX_UPLOAD_BYTES`` (413) before
+    anything reads the body (authentication's CSRF check would), and counted while it is read."""
 
-
-class PromptImportApi(APIView):
-    permission_classes = [perm("annotation.add_prompt")]
     parser_classes = [MultiPartParser, FormParser]
+
+    def initial(self, request, *args, **kwargs):
+        upload_guard(request._request)
+        super().initial(request, *args, **kwargs)
+
+
+class PromptImportApi(UploadApi):
+    permission_classes = [perm("annotation.add_prompt")]
 
     @extend_schema(request=ImportIn, responses=ImportReportOut, summary="Import prompts (JSONL or CSV)")
     def post(self, request, slug: str):
@@ -299,9 +315,8 @@ class PromptImportApi(APIView):
         return _report_response(report)
 
 
-class PreferenceImportApi(APIView):
+class PreferenceImportApi(UploadApi):
     permission_classes = [perm("annotation.add_preference")]
-    parser_classes = [MultiPartParser, FormParser]
 
     @extend_schema(request=PreferenceImportIn, responses=ImportReportOut, summary="Import preferences (TRL or HH JSONL)")
     def post(self, request, slug: str):
@@ -319,6 +334,6 @@ class PreferenceImportApi(APIView):
 
 def _report_response(report: ImportReport) -> Response:
     if not report.written:  # strict with bad lines: nothing written, say why
-        raise ImportRejected(f"{len(report.errors)} bad line(s); nothing was imported.", details=report.as_dict())
+        raise ImportRejected(f"{report.error_count} bad line(s); nothing was imported.", details=report.as_dict())
     return Response(report.as_dict(), status=status.HTTP_201_CREATED if report.created else status.HTTP_200_OK)
 

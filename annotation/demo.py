@@ -1,4 +1,5 @@
-"""The demo campaign: prompts, gold items and users from ``fixtures/``.
+"""The demo campaign: prompts, gold items and users from ``fixtures/``; the demo annotators are
+members of the demo campaign.
 
 Its pairs come from the embedded policy (``manage.py sample_pairs`` and the gpu worker's
 buffer refills); ``fixture_pairs=True`` adds the hand-written pairs in the fixture instead,
@@ -66,14 +67,20 @@ def demo_seed(*, fixtures: Path = FIXTURES, fixture_pairs: bool = False) -> Seed
             )
         result.comparisons_created = campaign.comparisons.count() - before
         User = get_user_model()
+        annotators = []
         for username, role in DEMO_USERS:
-            if User.objects.filter(username=username).exists():
+            user = User.objects.filter(username=username).first()
+            if user is not None:
                 result.existing_users.append(username)
-                continue
-            password = secrets.token_urlsafe(9)
-            user = roles.user_create(username=username, password=password, role=role)
-            if role == roles.ADMIN:
-                user.is_superuser = True
-                user.save(update_fields=["is_superuser"])
-            result.passwords[username] = password
+            else:
+                password = secrets.token_urlsafe(9)
+                user = roles.user_create(username=username, password=password, role=role)
+                if role == roles.ADMIN:
+                    user.is_superuser = True
+                    user.save(update_fields=["is_superuser"])
+                result.passwords[username] = password
+            if role == roles.ANNOTATOR:
+                annotators.append(user)
+        # Annotators work only in campaigns they are members of (existing users too: idempotent).
+        services.campaign_members_add(campaign=campaign, users=annotators, added_by=None)
     return result

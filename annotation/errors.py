@@ -4,7 +4,8 @@
 """
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -29,6 +30,20 @@ class ImportRejected(InvalidInput):
     """A strict import with bad lines: nothing was written; ``details`` holds the import report."""
 
     code = "invalid_file"
+
+
+class TooLarge(ApplicationError):
+    """An upload over its size limit (``annotation.limits``); refused before or while it is read."""
+
+    code = "too_large"
+    status = 413
+
+
+class LengthRequired(ApplicationError):
+    """An upload whose end the server cannot tell (no Content-Length, chunks the server does not join)."""
+
+    code = "length_required"
+    status = 411
 
 
 class NotFound(ApplicationError):
@@ -58,12 +73,39 @@ class AlreadyVoted(Conflict):
     code = "already_voted"
 
 
+class BadFormField(MultiPartParserError):
+    """A multipart form field refused while the body is parsed (annotation.middleware.NulFieldCheck).
+    Not an ApplicationError: a page answers it with Django's 400 page, not a flash message; DRF's
+    parser wraps it in a ParseError, which ``api_exception_handler`` answers as ``invalid``."""
+
+    def __init__(self, message: str, *, details: dict):
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
 def error_body(code: str, message: str, details: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+def prefix_error_response(request, *, status: int, code: str, message: str, details: dict | None = None) -> JsonResponse | None:
+    """An error answered outside DRF's views (middleware, the 404 handler) in the shape its URL
+    prefix speaks: ours under /api/, OpenAI's under /v1/; None elsewhere (a page: the caller
+    answers with a plain page)."""
+    path = request.path_info
+    if path == "/api" or path.startswith("/api/"):
+        return JsonResponse(error_body(code, message, details), status=status)
+    if path == "/v1" or path.startswith("/v1/"):
+        param = (details or {}).get("field")
+        return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}},
+                            status=status)
+    return None
+
+
 def api_exception_handler(exc, context):
     """DRF exception handler: every API error, ours or the framework's, in one shape."""
+    if isinstance(exc, drf_exceptions.ParseError) and isinstance(exc.__context__, BadFormField):
+        return Response(error_body("invalid", exc.__context__.message, exc.__context__.details), status=400)
     if isinstance(exc, ApplicationError):
         return Response(error_body(exc.code, exc.message, exc.details), status=exc.status)
     if isinstance(exc, Http404):

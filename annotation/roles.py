@@ -1,8 +1,10 @@
 """Roles are Django groups with a fixed set of permissions.
 
-- annotator: works through their own task stream; sees only their own votes, never gold answers.
-- reviewer: sees every vote of a campaign and the training runs (API and read-only Django admin).
-- admin: manages campaigns, guidelines, users and exports (Django admin, API); starts and
+- annotator: works through their own task stream in the campaigns they are members of
+  (``CampaignMembership``); sees only their own votes, never gold answers.
+- reviewer: sees every active campaign, every vote of a campaign and the training runs (API and
+  read-only Django admin).
+- admin: manages campaigns, their members, guidelines, users and exports (Django admin, API); starts and
   cancels training runs and promotes or rolls back policies (``manage_training``).
 """
 
@@ -16,6 +18,7 @@ _VIEW = [
     "view_campaign", "view_guidelineversion", "view_prompt", "view_response", "view_comparison",
     "view_assignment", "view_vote", "view_preference", "view_modelversion",
     "view_trainingrun", "view_trainingmetric", "view_retrainpolicy", "view_policypromotion", "view_evaluation",
+    "view_campaignmembership",
 ]
 ROLE_PERMISSIONS = {
     ANNOTATOR: {"annotation": ["annotate"]},

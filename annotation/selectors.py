@@ -8,13 +8,20 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.db.models.functions import Coalesce
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet
 from django.utils import timezone
 
+from annotation.access import (  # re-exported: selectors stays the app's one read API
+    annotator_progress,
+    campaign_members,
+    campaign_named_for,
+    campaign_open_to,
+    campaigns_for_user,
+    comparisons_open_to,
+    sees_every_campaign,
+)
 from annotation.errors import InvalidInput
 from annotation.models import (
-    Assignment,
     Campaign,
     Comparison,
     Evaluation,
@@ -39,54 +46,8 @@ def model_version_named(*, name: str, field: str = "version") -> ModelVersion:
     return version
 
 
-def campaign_named_for(*, slug: str, user: AbstractBaseUser) -> Campaign:
-    """A campaign ``user`` can see, named in a request body: an unknown one is bad input."""
-    campaign = campaigns_for_user(user=user).filter(slug=slug).first()
-    if campaign is None:
-        raise InvalidInput(f"No campaign '{slug}'.", details={"field": "campaign"})
-    return campaign
-
-
 def campaign_guideline(*, campaign: Campaign) -> GuidelineVersion | None:
     return campaign.guidelines.order_by("-version").first()
-
-
-def campaigns_for_user(*, user: AbstractBaseUser) -> QuerySet[Campaign]:
-    qs = Campaign.objects.order_by("slug")
-    if not user.has_perm("annotation.change_campaign"):
-        qs = qs.filter(is_active=True)
-    return qs
-
-
-def comparisons_open_to(
-    *, campaign: Campaign, annotator: AbstractBaseUser, kind: str = Comparison.Kind.NORMAL, now=None
-) -> QuerySet[Comparison]:
-    """Open comparisons this annotator has never been given that still have a free slot
-    (votes + live leases below ``votes_required``; gold items have no cap)."""
-    now = now or timezone.now()
-    qs = Comparison.objects.filter(campaign=campaign, status=Comparison.Status.OPEN, kind=kind).exclude(
-        Exists(Assignment.objects.filter(comparison=OuterRef("pk"), annotator=annotator))
-    )
-    if kind == Comparison.Kind.NORMAL:
-        live = (
-            Assignment.objects.filter(comparison=OuterRef("pk"), state=Assignment.State.ACTIVE, expires_at__gt=now)
-            .order_by()
-            .values("comparison")
-            .annotate(n=Count("pk"))
-            .values("n")
-        )
-        qs = qs.alias(live=Coalesce(Subquery(live), 0)).filter(vote_count__lt=F("votes_required") - F("live"))
-    return qs
-
-
-def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> dict:
-    """Done / skipped by this annotator, and how many comparisons are still open to them."""
-    counts = Assignment.objects.filter(annotator=annotator, comparison__campaign=campaign).aggregate(
-        done=Count("pk", filter=Q(state=Assignment.State.DONE)),
-        skipped=Count("pk", filter=Q(state=Assignment.State.SKIPPED)),
-    )
-    remaining = comparisons_open_to(campaign=campaign, annotator=annotator).count()
-    return {"done": counts["done"], "skipped": counts["skipped"], "remaining": remaining}
 
 
 def votes_visible_to(*, user: AbstractBaseUser, campaign: Campaign | None = None) -> QuerySet[Vote]:

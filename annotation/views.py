@@ -2,8 +2,10 @@
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.shortcuts import get_object_or_404, render
+from django.views import defaults
 
 from annotation import limits, selectors
+from annotation.errors import prefix_error_response
 from annotation.rendering import markdown_html
 
 
@@ -34,3 +36,12 @@ def annotate(request, slug: str):
             "limits": limits,
         },
     )
+
+
+def not_found(request, exception=None):
+    """handler404: an unknown path under /api/ or /v1/ answers JSON in that prefix's error shape
+    (API views' own 404s already do); pages keep the HTML page. With DEBUG on, Django shows its
+    technical 404 page instead."""
+    message = f"No API endpoint at {request.path_info[:200]}."
+    response = prefix_error_response(request, status=404, code="not_found", message=message)
+    return response or defaults.page_not_found(request, exception)

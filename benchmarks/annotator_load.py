@@ -42,8 +42,10 @@ BROKER = "redis://127.0.0.1:6379/9"
 # ---------------------------------------------------------------- the load generator (child process)
 
 
-def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: float) -> dict:
-    """Locust users in this process; returns counts, acknowledged vote ids and latencies."""
+def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: float, retry: bool = False) -> dict:
+    """Locust users in this process; returns counts, acknowledged vote ids and latencies.
+    ``retry``: an error (a refused connection, a 5xx while a fault is injected) is counted and
+    the annotator tries again after 0.2 s, as a person would, instead of stopping."""
     import gevent
     from locust import FastHttpUser, constant, events, task
     from locust.env import Environment
@@ -69,9 +71,9 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
         def cycle(self):
             with self.client.post(f"/api/campaigns/{slug}/next/", headers=self.headers, name="next", catch_response=True) as r:
                 if r.status_code != 200:
-                    errors.append(f"next {r.status_code} {r.text[:200]}")
+                    errors.append(f"next {r.status_code} {(r.text or '')[:200]}")
                     r.failure(f"status {r.status_code}")
-                    raise StopUser()
+                    return self.failed()
                 item = r.json()["assignment"]
             if item is None:
                 raise StopUser()
@@ -79,11 +81,16 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
             with self.client.post(f"/api/assignments/{item['id']}/vote/", json=body, headers=self.headers, name="vote",
                                   catch_response=True) as v:
                 if v.status_code not in (200, 201):
-                    errors.append(f"vote {v.status_code} {v.text[:200]}")
+                    errors.append(f"vote {v.status_code} {(v.text or '')[:200]}")
                     v.failure(f"status {v.status_code}")
-                    raise StopUser()
+                    return self.failed()
                 acknowledged.append(v.json()["vote_id"])
             cycles[0] += 1
+
+        def failed(self):
+            if not retry:
+                raise StopUser()
+            gevent.sleep(0.2)
 
     env = Environment(user_classes=[Annotator], host=host, events=events, stop_timeout=60)
     runner = env.create_local_runner()
@@ -155,7 +162,9 @@ def check(slug: str, acknowledged: list[int]) -> dict:
 def server(args, port: int, db_url: str, log: Path):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="webapp.settings.production", SECRET_KEY="load-benchmark-only",
                ALLOWED_HOSTS="127.0.0.1,localhost", DATABASE_URL=db_url, CELERY_BROKER_URL=BROKER, SECURE_SSL_REDIRECT="0",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1",
+               # zero think time is a script by design here: the per-user limit (still counted) must not stop it
+               PREFLOOP_ANNOTATE_RATE="1000000/min")
     cmd = [sys.executable, "-m", "gunicorn", "webapp.wsgi:application", "--bind", f"127.0.0.1:{port}",
            "--workers", str(args.workers), "--timeout", "120", "--worker-class", args.worker_class]
     if args.worker_class == "gthread":
@@ -190,12 +199,12 @@ def main() -> None:
     ap.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--db", default=DEFAULT_DB)
-    ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     harness.add_arguments(ap, repeats=1)
     args = ap.parse_args()
     if args.child:
-        host, tokens, slug, max_s, pace = args.child
-        harness.child_report(child(host, tokens, slug, float(max_s), float(pace)))
+        host, tokens, slug, max_s, pace, *retry = args.child
+        harness.child_report(child(host, tokens, slug, float(max_s), float(pace), retry=bool(retry)))
         return
     if args.quick:
         args.users, args.comparisons, args.pace_users, args.pace_seconds = "1,10", 300, 100, 20.0

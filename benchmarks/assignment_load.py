@@ -60,6 +60,7 @@ def make_campaign(*, slug: str, n_comparisons: int, n_annotators: int, votes_per
         roles.user_create(username=f"{slug}-ann{i}", password="load-test-pw-123", role=roles.ANNOTATOR)
         for i in range(n_annotators)
     ]
+    services.campaign_members_add(campaign=campaign, users=users, added_by=None)  # annotators work only in their campaigns
     return campaign, users
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 from rest_framework.test import APIClient
 
-from annotation import roles
+from annotation import roles, services
 from tests.factories import CampaignFactory, ComparisonFactory, UserFactory
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,8 +20,12 @@ def comparisons(campaign):
 
 
 @pytest.fixture
-def annotators(db):
-    return [UserFactory(role=roles.ANNOTATOR) for _ in range(4)]
+def annotators(campaign):
+    """Four annotators, members of ``campaign`` (annotators work only in their campaigns; make
+    them members of another one with ``CampaignFactory(members=...)``)."""
+    users = [UserFactory(role=roles.ANNOTATOR) for _ in range(4)]
+    services.campaign_members_add(campaign=campaign, users=users)
+    return users
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
 
-from annotation import roles
+from annotation import roles, services
 from annotation.models import Campaign, Comparison, GuidelineVersion, Prompt, Response
 from training.formats import messages_hash, text_hash
 
@@ -13,6 +13,12 @@ class UserFactory(factory.django.DjangoModelFactory):
 
     username = factory.Sequence(lambda n: f"user{n}")
     password = factory.django.Password("pw-not-secret-123")
+
+    @factory.post_generation
+    def campaigns(self, create, extracted, **kwargs):
+        """``UserFactory(role=..., campaigns=[campaign, ...])``: a member of those campaigns."""
+        for campaign in (extracted or []) if create else []:
+            services.campaign_members_add(campaign=campaign, users=[self])
 
     @factory.post_generation
     def role(self, create, extracted, **kwargs):
@@ -35,6 +41,12 @@ class CampaignFactory(factory.django.DjangoModelFactory):
     guideline = factory.RelatedFactory(
         "tests.factories.GuidelineFactory", factory_related_name="campaign"
     )
+
+    @factory.post_generation
+    def members(self, create, extracted, **kwargs):
+        """``CampaignFactory(members=[user, ...])``: annotators who may work in it."""
+        if create and extracted:
+            services.campaign_members_add(campaign=self, users=extracted)
 
 
 class GuidelineFactory(factory.django.DjangoModelFactory):

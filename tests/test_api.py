@@ -42,7 +42,7 @@ def test_annotator_flow_next_vote_progress(api, campaign, comparisons, annotator
 
 
 def test_payload_hides_gold_and_identities(api, db, annotator):
-    campaign = CampaignFactory(slug="g", gold_rate=1.0)
+    campaign = CampaignFactory(slug="g", gold_rate=1.0, members=[annotator])
     ComparisonFactory(campaign=campaign, kind="gold", gold_answer="a")
     raw = json.dumps(next_item(api(annotator), "g"))
     for word in ("gold", "kind", "response_a", "model", "vote_count", "annotator"):
@@ -50,7 +50,7 @@ def test_payload_hides_gold_and_identities(api, db, annotator):
 
 
 def test_user_content_is_escaped_and_markdown_rendered(api, db, annotator):
-    campaign = CampaignFactory(slug="x")
+    campaign = CampaignFactory(slug="x", members=[annotator])
     prompt = PromptFactory(campaign=campaign, messages=[{"role": "user", "content": "<script>alert(1)</script> **bold**"}])
     ComparisonFactory(
         campaign=campaign,

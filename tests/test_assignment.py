@@ -51,7 +51,7 @@ def test_fewest_votes_first(campaign, annotators):
 
 
 def test_live_leases_count_against_the_overlap(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=2)
+    campaign = CampaignFactory(votes_per_pair=2, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     a0 = services.assignment_next(campaign=campaign, annotator=annotators[0])
     a1 = services.assignment_next(campaign=campaign, annotator=annotators[1])
@@ -61,7 +61,7 @@ def test_live_leases_count_against_the_overlap(db, annotators):
 
 
 def test_expired_lease_returns_to_the_pool_and_cannot_vote(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=1)
+    campaign = CampaignFactory(votes_per_pair=1, members=annotators)
     ComparisonFactory(campaign=campaign)
     now = timezone.now()
     stale = services.assignment_next(campaign=campaign, annotator=annotators[0], now=now - timedelta(minutes=20))
@@ -78,7 +78,7 @@ def test_expired_lease_returns_to_the_pool_and_cannot_vote(db, annotators):
 
 
 def test_complete_comparisons_are_not_handed_out(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=2)
+    campaign = CampaignFactory(votes_per_pair=2, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     vote(annotators[0], campaign)
     vote(annotators[1], campaign)
@@ -88,7 +88,7 @@ def test_complete_comparisons_are_not_handed_out(db, annotators):
 
 
 def test_skip_frees_the_slot_and_is_not_offered_again(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=1)
+    campaign = CampaignFactory(votes_per_pair=1, members=annotators)
     ComparisonFactory(campaign=campaign)
     a = services.assignment_next(campaign=campaign, annotator=annotators[0])
     services.assignment_skip(annotator=annotators[0], assignment_id=a.pk, reason="not my language")
@@ -97,7 +97,7 @@ def test_skip_frees_the_slot_and_is_not_offered_again(db, annotators):
 
 
 def test_gold_mixed_at_the_campaign_rate(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=3, gold_rate=0.5)
+    campaign = CampaignFactory(votes_per_pair=3, gold_rate=0.5, members=annotators)
     for _ in range(40):
         ComparisonFactory(campaign=campaign)
     for _ in range(40):
@@ -105,13 +105,13 @@ def test_gold_mixed_at_the_campaign_rate(db, annotators):
     kinds = [vote(annotators[0], campaign).vote.comparison.kind for _ in range(40)]
     # Binomial(40, 0.5): outside 8..32 has probability < 1e-4.
     assert 8 <= kinds.count("gold") <= 32
-    none = CampaignFactory(gold_rate=0.0)
+    none = CampaignFactory(gold_rate=0.0, members=annotators)
     ComparisonFactory(campaign=none, kind="gold", gold_answer="a")
     assert services.assignment_next(campaign=none, annotator=annotators[1]) is None
 
 
 def test_gold_votes_are_scored_and_make_no_preference(db, annotator):
-    campaign = CampaignFactory(votes_per_pair=1, gold_rate=1.0)
+    campaign = CampaignFactory(votes_per_pair=1, gold_rate=1.0, members=[annotator])
     g = ComparisonFactory(campaign=campaign, kind="gold", gold_answer="b")
     a = services.assignment_next(campaign=campaign, annotator=annotator)
     assert a.comparison_id == g.pk
@@ -124,6 +124,6 @@ def test_gold_votes_are_scored_and_make_no_preference(db, annotator):
 
 
 def test_inactive_campaign_refuses_work(db, annotator):
-    campaign = CampaignFactory(is_active=False)
+    campaign = CampaignFactory(is_active=False, members=[annotator])
     with pytest.raises(Conflict):
         services.assignment_next(campaign=campaign, annotator=annotator)

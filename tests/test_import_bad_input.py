@@ -127,3 +127,55 @@ def test_embedded_sqlite_reports_the_same_lines(tmp_path):
     with sqlite3.connect(tmp_path / "prefloop.sqlite3") as con:
         assert con.execute("select count(*) from annotation_preference").fetchone()[0] == 1
         assert con.execute("select count(*) from annotation_response where instr(text, char(0)) > 0").fetchone()[0] == 0
+
+
+# Every way a line can carry text PostgreSQL cannot store, or bytes that are not UTF-8: each is
+# that line's error (number and reason), the good lines around them are imported, no 500.
+NOT_UNICODE = "contains text that is not valid Unicode (a lone surrogate escape)"
+ODD_LINES = [
+    (b'{"prompt": "a\\u0000b"}', f"prompt {NUL}"),
+    (b'{"prompt": "a", "id": {"deep": ["x", "\\u0000"]}}', f"id.deep[1] {NUL}"),
+    (b'{"prompt": "a", "\\u0000": 1}', f"row key {NUL}"),
+    (b'{"prompt": "a\\ud800"}', f"prompt {NOT_UNICODE}"),
+    (b'{"prompt": "\\udfff\\ud800"}', f"prompt {NOT_UNICODE}"),
+    (b'{"prompt": "a", "tags": ["\\udbff"]}', f"tags[0] {NOT_UNICODE}"),
+    (b'{"prompt": "a", "\\ud800": 1}', f"row key {NOT_UNICODE}"),
+    (b'{"prompt": "a\x00"}', f"the line {NUL}"),
+    (b"\x00", f"the line {NUL}"),
+    (b'{"prompt": "\xed\xa0\x80"}', "not UTF-8 text (byte 13 of the line is 0xed)"),  # a surrogate in UTF-8 bytes (CESU-8)
+    (b'{"prompt": "\xc0\x80"}', "not UTF-8 text (byte 13 of the line is 0xc0)"),  # an overlong NUL (modified UTF-8)
+    (b'{"prompt": "\xf4\x90\x80\x80"}', "not UTF-8 text (byte 13 of the line is 0xf4)"),  # past U+10FFFF
+    (b'{"prompt": "caf\xc3"}', "not UTF-8 text (byte 16 of the line is 0xc3)"),  # cut in the middle of a character
+]
+
+
+def odd_file() -> tuple[bytes, dict[int, str]]:
+    lines, errors = [], {}
+    for i, (line, reason) in enumerate(ODD_LINES):
+        lines.append(b'{"prompt": "good %d \\ud83d\\ude00"}' % i)  # an escaped surrogate pair is fine
+        lines.append(line)
+        errors[len(lines)] = reason
+    return b"\r\n".join(lines), errors
+
+
+@pytest.mark.parametrize("read_bytes", [None, 3])  # 3: chunk boundaries inside characters and CR LF pairs
+def test_api_reports_every_unstorable_or_undecodable_line(api, campaign, admin_user, monkeypatch, read_bytes):
+    from annotation import limits
+
+    if read_bytes:
+        monkeypatch.setattr(limits, "IMPORT_READ_BYTES", read_bytes)
+    body, errors = odd_file()
+    r = api(admin_user).post(f"/api/campaigns/{campaign.slug}/prompts/import/",
+                             {"file": SimpleUploadedFile("f.jsonl", body)}, format="multipart")
+    assert r.status_code == 201, r.content[:500]
+    assert {e["line"]: e["reason"] for e in r.json()["errors"]} == errors
+    assert r.json()["created"] == len(ODD_LINES) == Prompt.objects.count()
+    assert Prompt.objects.filter(messages__0__content="good 0 \U0001f600").exists()
+
+
+def test_command_reports_every_unstorable_or_undecodable_line(campaign, tmp_path):
+    body, errors = odd_file()
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(body)
+    out, err = run("import_prompts", str(f), "--campaign", campaign.slug)
+    assert reported(err) == errors and f"{len(ODD_LINES)} prompt(s) imported" in out

@@ -186,8 +186,8 @@ def test_promotions_list(api, campaign, versions, admin_user, reviewer, annotato
     assert_error(api(annotator).get("/api/promotions/"), 403, "permission_denied")
     assert_error(api(reviewer).get("/api/promotions/?campaign=nope"), 404, "not_found")
     paths = json.loads(api(admin_user).get("/api/schema/?format=json").content)["paths"]
-    assert set(paths["/api/promotions/"]["get"]["responses"]) == {"200", "403", "404"}
-    assert set(paths["/api/evaluations/{evaluation_id}/cancel/"]["post"]["responses"]) == {"200", "403", "404", "409"}
+    assert set(paths["/api/promotions/"]["get"]["responses"]) == {"200", "400", "401", "403", "404"}
+    assert set(paths["/api/evaluations/{evaluation_id}/cancel/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409"}
 
 
 # ---------------------------------------------------------------- the run page after the run

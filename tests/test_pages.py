@@ -5,9 +5,9 @@ from django.test import Client
 
 from tests.factories import UserFactory
 
-# The campaign form's retrain-policy inline, left empty.
-# The campaign admin's inline formsets, empty: no retrain policy, no judges.
-NO_RETRAIN_POLICY = {"retrain_policy-TOTAL_FORMS": 0, "retrain_policy-INITIAL_FORMS": 0, "judges-TOTAL_FORMS": 0, "judges-INITIAL_FORMS": 0}
+# The campaign admin's inline formsets, empty: no retrain policy, no judges, no members.
+NO_RETRAIN_POLICY = {"retrain_policy-TOTAL_FORMS": 0, "retrain_policy-INITIAL_FORMS": 0, "judges-TOTAL_FORMS": 0, "judges-INITIAL_FORMS": 0,
+                     "memberships-TOTAL_FORMS": 0, "memberships-INITIAL_FORMS": 0}
 
 
 def client_for(user):

@@ -44,7 +44,7 @@ def test_json_lines_report_undecodable_and_nul_lines_and_keep_the_good_ones():
         b"",
     ])
     report = ImportReport()
-    good = json_lines(numbered_lines(data), report, trl_preference, max_line_chars=1000)
+    good = list(json_lines(numbered_lines(data), report, trl_preference, max_line_chars=1000))
     assert [n for n, _ in good] == [4] and good[0][1].chosen == "good"
     assert report.lines == 4
     assert report.errors == [
@@ -73,7 +73,7 @@ def test_every_string_of_a_row_is_checked_for_nul(row, where):
 def test_csv_rows_report_the_undecodable_line_and_skip_its_row():
     data = b'prompt,tags\n"first",a\n"multi\nline \xff here",b\n"\xfe"\n"last\x00",c\n,empty\n"ok",d\n'
     report = ImportReport()
-    rows = csv_rows(numbered_lines(data), report)
+    rows = list(csv_rows(numbered_lines(data), report))
     # Line 7's row has no prompt: csv_rows leaves empty cells out, prompt_row reports it later.
     assert [(n, r.get("prompt")) for n, r in rows] == [(2, "first"), (7, None), (8, "ok")]
     assert report.lines == 6  # 2 undecodable lines (the multi-line row is skipped) + 4 rows
@@ -106,7 +106,7 @@ def test_lone_surrogates_and_huge_integers_are_reported_lines_not_crashes():
         b'{"prompt": "q", "chosen": "fine \\u00e9", "rejected": "b"}',
     ])
     report = ImportReport()
-    good = json_lines(numbered_lines(data), report, trl_preference, max_line_chars=10_000)
+    good = list(json_lines(numbered_lines(data), report, trl_preference, max_line_chars=10_000))
     assert [n for n, _ in good] == [4] and good[0][1].chosen == "fine \u00e9"
     reasons = dict(report.errors)
     assert reasons[1] == "tags[0] contains text that is not valid Unicode (a lone surrogate escape)"
@@ -117,14 +117,14 @@ def test_lone_surrogates_and_huge_integers_are_reported_lines_not_crashes():
 
 def test_csv_keeps_line_breaks_inside_quoted_fields():
     report = ImportReport()
-    rows = csv_rows(numbered_lines(b'prompt,tags\r\n"first line\r\nsecond line",a\r\n"x",b\r\n'), report)
+    rows = list(csv_rows(numbered_lines(b'prompt,tags\r\n"first line\r\nsecond line",a\r\n"x",b\r\n'), report))
     assert rows == [(3, {"prompt": "first line\nsecond line", "tags": "a"}), (4, {"prompt": "x", "tags": "b"})]
     assert report.errors == []
 
 
 def test_an_undecodable_csv_header_is_a_file_error_that_says_so():
     with pytest.raises(FileError, match="line 1: the CSV header is not UTF-8"):
-        csv_rows(numbered_lines(b"pro\xffmpt,tags\n\"x\",a\n"), ImportReport())
+        list(csv_rows(numbered_lines(b"pro\xffmpt,tags\n\"x\",a\n"), ImportReport()))
 
 
 def test_training_readers_share_the_line_reading(tmp_path):

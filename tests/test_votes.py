@@ -72,7 +72,7 @@ def test_bad_votes_are_refused_and_change_nothing(campaign, comparisons, annotat
 
 
 def test_vote_on_closed_comparison_is_refused(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=1)
+    campaign = CampaignFactory(votes_per_pair=1, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     a = lease(annotators[0], campaign)
     c.status = "complete"
@@ -82,7 +82,7 @@ def test_vote_on_closed_comparison_is_refused(db, annotators):
 
 
 def test_majority_makes_a_preference_with_agreement_and_margin(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=3)
+    campaign = CampaignFactory(votes_per_pair=3, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     results = []
     for user, canonical in zip(annotators, ["b", "b", "tie"]):
@@ -98,7 +98,7 @@ def test_majority_makes_a_preference_with_agreement_and_margin(db, annotators):
 
 
 def test_no_majority_no_preference(db, annotators):
-    campaign = CampaignFactory(votes_per_pair=3)
+    campaign = CampaignFactory(votes_per_pair=3, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     for user, canonical in zip(annotators, ["a", "b", "both_bad"]):
         a = lease(user, campaign)
@@ -154,7 +154,7 @@ def test_guideline_edit_creates_a_new_version_and_votes_keep_theirs(campaign, co
 
 def test_completing_a_comparison_whose_pair_was_also_imported(db, annotators):
     """An imported preference on the same two responses must not block the human one."""
-    campaign = CampaignFactory(votes_per_pair=1)
+    campaign = CampaignFactory(votes_per_pair=1, members=annotators)
     c = ComparisonFactory(campaign=campaign)
     Preference.objects.create(campaign=campaign, prompt=c.prompt, chosen=c.response_a, rejected=c.response_b, source="import")
     a = lease(annotators[0], campaign)

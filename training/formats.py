@@ -16,6 +16,7 @@ import codecs
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 ROLES = ("system", "user", "assistant")
@@ -98,8 +99,9 @@ def parse_json_line(line: str) -> dict:
 
 @dataclass(frozen=True)
 class UndecodableLine:
-    """A line whose bytes are not UTF-8: it stays in the numbered lines to be reported by number.
-    ``lossy`` (bad bytes as U+FFFD) only keeps a CSV file's quoting intact; it is never imported."""
+    """A line that cannot be read (its bytes are not UTF-8, or it is too long to hold): it stays
+    in the numbered lines to be reported by number. ``lossy`` (bad bytes as U+FFFD) only keeps a
+    CSV file's quoting intact; it is never imported."""
 
     reason: str
     lossy: str = field(default="", compare=False, repr=False)
@@ -109,22 +111,55 @@ Line = tuple[int, "str | UndecodableLine"]
 
 
 def numbered_lines(data: bytes) -> list[Line]:
-    """Numbered lines (from 1) of a UTF-8 text file or upload, each line decoded on its own so
-    that one bad line is reported by number while the others are still read. Lines end at
-    ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac files), never at U+2028 and friends, which may
-    sit inside JSON strings (``str.splitlines`` would cut there); a byte order mark at the
-    start of the file is dropped."""
-    out: list[Line] = []
-    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a raw CR cannot be inside a JSON string
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        if number == 1:
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        try:
-            out.append((number, raw.decode("utf-8")))
-        except UnicodeDecodeError as exc:
-            reason = f"not UTF-8 text (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
-            out.append((number, UndecodableLine(reason, raw.decode("utf-8", errors="replace"))))
-    return out
+    """Numbered lines (from 1) of a UTF-8 text file or upload held in memory (``iter_numbered_lines``
+    reads one in pieces)."""
+    return list(iter_numbered_lines([data]))
+
+
+def iter_numbered_lines(chunks: Iterable[bytes], *, max_line_bytes: int | None = None) -> Iterator[Line]:
+    """Numbered lines (from 1) of a UTF-8 text file given as consecutive pieces of bytes, cut
+    anywhere, one line at a time: memory holds one piece and one line, never the file. Each line
+    is decoded on its own, so one bad line is reported by number while the others are still read.
+    Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r`` (old Mac files), never at U+2028 and friends,
+    which may sit inside JSON strings (``str.splitlines`` would cut there); a byte order mark at
+    the start of the file is dropped. A line over ``max_line_bytes`` is not kept: it comes out as
+    an ``UndecodableLine`` saying so, and reading goes on at the next line."""
+    number = 0
+    pending: list[bytes] = []  # the pieces of the line not yet ended
+    pending_bytes = 0
+    too_long = False
+    after_cr = False  # the last piece ended with \r: a \n starting the next one ends no other line
+    for chunk in chunks:
+        if after_cr and chunk[:1] == b"\n":
+            chunk, after_cr = chunk[1:], False
+        if not chunk:
+            continue
+        after_cr = chunk[-1:] == b"\r"
+        # A raw CR cannot be inside a JSON string, so it only ever ends a line.
+        parts = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        for part in parts[:-1]:
+            number += 1
+            yield _line(number, pending + [part], too_long, max_line_bytes)
+            pending, pending_bytes, too_long = [], 0, False
+        if not too_long:
+            pending.append(parts[-1])
+            pending_bytes += len(parts[-1])
+            if max_line_bytes is not None and pending_bytes > max_line_bytes:
+                pending, pending_bytes, too_long = [], 0, True
+    yield _line(number + 1, pending, too_long, max_line_bytes)
+
+
+def _line(number: int, pieces: list[bytes], too_long: bool, max_line_bytes: int | None) -> Line:
+    raw = b"".join(pieces)
+    if too_long or (max_line_bytes is not None and len(raw) > max_line_bytes):
+        return number, UndecodableLine(f"line is too long (over {max_line_bytes} bytes)")
+    if number == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    try:
+        return number, raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x})"
+        return number, UndecodableLine(reason, raw.decode("utf-8", errors="replace"))
 
 
 def check_storable(value, where: str = "row") -> None:
@@ -156,24 +191,40 @@ def json_row(line: str, *, max_line_chars: int) -> dict:
         raise FormatError("the line contains a NUL character (U+0000), which the database cannot store")
     row = parse_json_line(line)
     if "\\u" in line:  # only a \u escape can put a NUL or a lone surrogate into a parsed string
-        check_storable(row)
+        try:
+            check_storable(row)
+        except RecursionError:  # as deep as the JSON parser allows, from a deeper call stack
+            raise FormatError("JSON nested too deeply") from None
     return row
 
 
-def json_rows(lines: list[Line], convert, *, max_line_chars: int = 10 * DEFAULT_MAX_TEXT_CHARS):
-    """(number, ``convert(row)``) for each good non-blank line, and (number, reason) for each
-    bad one: unreadable bytes, bad JSON, or a row ``convert`` refuses with FormatError."""
-    good, bad = [], []
+def iter_json_rows(lines: Iterable[Line], convert, *, max_line_chars: int = 10 * DEFAULT_MAX_TEXT_CHARS):
+    """For each non-blank line, one at a time: (number, ``convert(row)``, None) when it is good,
+    (number, None, reason) when it is not: unreadable bytes, bad JSON, or a row ``convert``
+    refuses with FormatError."""
     for number, line in lines:
         if isinstance(line, UndecodableLine):
-            bad.append((number, line.reason))
+            yield number, None, line.reason
             continue
         if not line.strip():
             continue
         try:
-            good.append((number, convert(json_row(line, max_line_chars=max_line_chars))))
+            value = convert(json_row(line, max_line_chars=max_line_chars))
         except FormatError as exc:
-            bad.append((number, str(exc)))
+            yield number, None, str(exc)
+            continue
+        yield number, value, None
+
+
+def json_rows(lines: Iterable[Line], convert, *, max_line_chars: int = 10 * DEFAULT_MAX_TEXT_CHARS):
+    """(number, ``convert(row)``) for each good non-blank line, and (number, reason) for each
+    bad one (``iter_json_rows``, as two lists)."""
+    good, bad = [], []
+    for number, value, reason in iter_json_rows(lines, convert, max_line_chars=max_line_chars):
+        if reason is None:
+            good.append((number, value))
+        else:
+            bad.append((number, reason))
     return good, bad
 
 

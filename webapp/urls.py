@@ -1,10 +1,12 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView
 
-from annotation import api_openai
+from annotation import api_openai, schema
 from annotation.urls import api_urls, page_urls
+
+handler404 = "annotation.views.not_found"
 
 admin.site.site_header = "Prefloop admin"
 admin.site.site_title = "Prefloop"
@@ -18,6 +20,6 @@ urlpatterns = [
     path("v1/chat/completions", api_openai.ChatCompletionsApi.as_view(), name="v1-chat-completions"),
     path("v1/models", api_openai.ModelListApi.as_view(), name="v1-models"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", schema.SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("", include(page_urls)),
 ]

@@ -7,8 +7,8 @@ under the hidden rule itself (``training.simulate``), promote it, repeat.
 Everything runs in this process: the run is created without queueing a gpu task
 (``dispatch=False``) and trained by ``run_training``, whose own reward-model evaluation is not
 queued (the rule is the judge here). The simulated annotators are users ``sim-1`` .. ``sim-N``
-with the annotator role, N = the campaign's ``votes_per_pair``; they work the campaign's queue
-as people do, so give the simulation a campaign of its own.
+with the annotator role, made members of the campaign, N = the campaign's ``votes_per_pair``;
+they work the campaign's queue as people do, so give the simulation a campaign of its own.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ def simulate_rounds(*, campaign_id: int, rounds: int, pairs: int, rule: Rule, no
         raise SimulationError(f"--noise must be in [0, 1], got {noise}.")
     original = services.campaign_policy_ensure(campaign=campaign)
     annotators = simulated_annotators(campaign.votes_per_pair)
+    services.campaign_members_add(campaign=campaign, users=annotators, added_by=None)  # annotators work only in their campaigns
     params = SamplingParams.from_dict(campaign.sampling_params)
     prompts = [p.messages for p in selectors.eval_prompts(campaign=campaign, n=eval_prompts)]
     for k in range(1, rounds + 1):

@@ -2,7 +2,16 @@
 ``from annotation.models import Vote`` works and Django finds them all. Integrity lives in the
 models' constraints; logic lives in services."""
 
-from annotation.models.campaigns import Campaign, Choice, GuidelineVersion, Prompt, Strength, validate_sampling_params
+from annotation.models.audit import AuditEvent
+from annotation.models.campaigns import (
+    Campaign,
+    CampaignMembership,
+    Choice,
+    GuidelineVersion,
+    Prompt,
+    Strength,
+    validate_sampling_params,
+)
 from annotation.models.evaluations import Evaluation
 from annotation.models.items import Assignment, Comparison, Preference, Response, Vote
 from annotation.models.judges import Judge
@@ -11,7 +20,9 @@ from annotation.models.runs import ModelVersion, TrainingMetric, TrainingRun, va
 
 __all__ = [
     "Assignment",
+    "AuditEvent",
     "Campaign",
+    "CampaignMembership",
     "Choice",
     "Comparison",
     "Evaluation",

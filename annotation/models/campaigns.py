@@ -104,6 +104,24 @@ class Campaign(models.Model):
         return self.slug
 
 
+class CampaignMembership(models.Model):
+    """An annotator's admission to a campaign: annotators see, lease, vote and skip only in their
+    campaigns; reviewers and admins see every campaign (``selectors.campaigns_for_user``).
+    Written by ``services.campaign_members_add`` / ``campaign_members_remove`` only."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="campaign_memberships")
+    added_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "user"], name="membership_unique_per_campaign")]
+        ordering = ["campaign", "user"]
+
+    def __str__(self):
+        return f"{self.user} in {self.campaign}"
+
+
 class GuidelineVersion(models.Model):
     """Immutable guideline text; editing a guideline creates the next version."""
 

@@ -3,6 +3,7 @@ styleguide), one module per entity; ``from annotation import services`` reaches 
 
 from annotation.parsing import ImportReport, prompt_file_format
 from annotation.services.assignment import assignment_next, assignment_skip, assignments_expire
+from annotation.services.audit import audit_record
 from annotation.services.campaigns import (
     campaign_create,
     comparison_create,
@@ -29,6 +30,7 @@ from annotation.services.judges import (
     judge_votes_record,
 )
 from annotation.services.imports import preferences_import, prompts_import
+from annotation.services.members import campaign_members_add, campaign_members_remove
 from annotation.services.sampling import (
     SampledText,
     campaign_policy_ensure,
@@ -59,9 +61,12 @@ __all__ = [
     "Swept",
     "VoteResult",
     "assignment_next",
+    "audit_record",
     "assignment_skip",
     "assignments_expire",
     "campaign_create",
+    "campaign_members_add",
+    "campaign_members_remove",
     "chat_complete",
     "chat_models",
     "campaign_policy_ensure",

@@ -14,7 +14,7 @@ from django.utils import timezone
 from annotation.errors import Conflict, Forbidden, InvalidInput, NotFound
 from annotation.limits import MAX_SKIP_REASON_CHARS
 from annotation.models import Assignment, Campaign, Comparison
-from annotation.selectors import comparisons_open_to
+from annotation.selectors import campaign_open_to, comparisons_open_to
 
 _rng = random.SystemRandom()
 
@@ -38,7 +38,8 @@ def _candidates(*, campaign: Campaign, annotator: AbstractBaseUser, kind: str, n
 
 def _has_free_slot(*, comparison_id: int, annotator: AbstractBaseUser, now: datetime) -> Comparison | None:
     """Re-check a locked candidate in fresh statements: see every hand-out committed before our lock."""
-    comparison = Comparison.objects.get(pk=comparison_id)
+    # with what the lease is shown with (prompt, both responses): no further query to answer it
+    comparison = Comparison.objects.select_related("prompt", "response_a", "response_b").get(pk=comparison_id)
     if comparison.status != Comparison.Status.OPEN:
         return None
     if Assignment.objects.filter(comparison=comparison, annotator=annotator).exists():
@@ -56,12 +57,19 @@ def assignment_next(
     """Lease the next comparison of ``campaign`` to ``annotator``, or None when nothing is left.
 
     Fewest votes first; never the same comparison twice to one annotator; never more live
-    leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate.
+    leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate, and
+    handed out also when no normal item is left for the annotator: their progress counts gold
+    items too (``annotator_progress``), and "nothing left" while the counter reads more than 0
+    would tell that what is left is gold. Only a campaign's members (and reviewers and admins) work in it.
     PostgreSQL: candidates are locked with SELECT ... FOR UPDATE SKIP LOCKED so concurrent
     annotators take different rows instead of queueing. SQLite: transactions are IMMEDIATE
     (settings), so hand-outs are serialised.
     """
     now = now or timezone.now()
+    if not campaign_open_to(campaign=campaign, user=annotator):
+        # 404, like an unknown slug (the API answers the same before reaching here): a campaign
+        # someone is not a member of does not exist for them, so slugs cannot be probed.
+        raise NotFound(f"No campaign '{campaign.slug}'.")
     if not campaign.is_active:
         raise Conflict(f"Campaign '{campaign.slug}' is not active.")
     with transaction.atomic():
@@ -74,8 +82,8 @@ def assignment_next(
         if held:  # a reload or a second tab gets the lease it already holds
             return held
         kinds = [Comparison.Kind.NORMAL]
-        if _gold_due(campaign=campaign, annotator=annotator):
-            kinds.insert(0, Comparison.Kind.GOLD)
+        if campaign.gold_rate > 0:  # gold first when due, else only when no normal item is left
+            kinds.insert(0 if _gold_due(campaign=campaign, annotator=annotator) else 1, Comparison.Kind.GOLD)
         for kind in kinds:
             comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=kind, now=now)
             if comparison:
@@ -119,16 +127,22 @@ def assignments_expire(*, now: datetime | None = None) -> int:
 
 
 def _locked_own_assignment(*, annotator: AbstractBaseUser, assignment_id: int) -> Assignment:
+    """The annotator's own lease, locked, in a campaign they may still work in (votes and skips)."""
     try:
         assignment = (
-            Assignment.objects.select_for_update()
-            .select_related("comparison")
+            Assignment.objects.select_for_update(of=("self", "comparison"))  # not the campaign row
+            .select_related("comparison__campaign")
             .get(pk=assignment_id)
         )
     except Assignment.DoesNotExist:
         raise NotFound(f"Assignment {assignment_id} does not exist.") from None
     if assignment.annotator_id != annotator.pk:
         raise Forbidden("This assignment belongs to another annotator.")
+    campaign = assignment.comparison.campaign
+    if not campaign_open_to(campaign=campaign, user=annotator):
+        # 403, not 404: the lease is theirs, so they know the campaign exists; say why it ended.
+        raise Forbidden(f"You are no longer a member of campaign '{campaign.slug}': this lease is void.",
+                        details={"campaign": campaign.slug})
     return assignment
 
 

@@ -8,7 +8,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from annotation.errors import InvalidInput
-from annotation.models import Campaign, Choice, Comparison, GuidelineVersion, Prompt, Response
+from annotation.models import AuditEvent, Campaign, Choice, Comparison, GuidelineVersion, Prompt, Response
+from annotation.services.audit import audit_record
 from training.formats import messages_hash, text_hash, validate_messages
 
 
@@ -22,12 +23,15 @@ def guideline_publish(*, campaign: Campaign, text: str, user: AbstractBaseUser |
         current = campaign.guidelines.order_by("-version").first()
         if current and current.text == text:
             return current
-        return GuidelineVersion.objects.create(
+        version = GuidelineVersion.objects.create(
             campaign=campaign,
             version=(current.version + 1) if current else 1,
             text=text,
             created_by=user if user and user.is_authenticated else None,
         )
+        audit_record(actor=user, action=AuditEvent.Action.GUIDELINE_PUBLISH, campaign=campaign, target=f"version {version.version}",
+                     details={"version": version.version, "chars": len(text)})
+        return version
 
 
 def campaign_create(*, slug: str, name: str, guideline: str, user: AbstractBaseUser | None = None, **fields) -> Campaign:

@@ -8,8 +8,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
 from annotation.errors import Conflict, InvalidInput
-from annotation.models import Campaign, ModelVersion, PolicyPromotion
+from annotation.models import AuditEvent, Campaign, ModelVersion, PolicyPromotion
 from annotation.selectors import campaign_promotion_to_undo
+from annotation.services.audit import audit_record
 
 
 def _by(user: AbstractBaseUser | None):
@@ -32,6 +33,8 @@ def campaign_policy_promote(
         )
         locked.policy = version
         locked.save(update_fields=["policy"])
+        audit_record(actor=user, action=AuditEvent.Action.POLICY_PROMOTE, campaign=locked, target=version.name,
+                     details={"promotion": promotion.pk, "from_version": promotion.from_version_id, "reason": reason[:500]})
     campaign.refresh_from_db(fields=["policy"])
     return promotion
 
@@ -57,5 +60,8 @@ def campaign_policy_rollback(
         )
         locked.policy_id = undone.from_version_id
         locked.save(update_fields=["policy"])
+        audit_record(actor=user, action=AuditEvent.Action.POLICY_ROLLBACK, campaign=locked,
+                     target=str(promotion.to_version.name if promotion.to_version_id else "the default policy"),
+                     details={"promotion": promotion.pk, "undone": undone.pk, "reason": reason[:500]})
     campaign.refresh_from_db(fields=["policy"])
     return promotion

@@ -37,7 +37,7 @@ def test_annotator_completes_three_comparisons_with_the_keyboard(live_server, pa
     )
     for _ in range(3):
         ComparisonFactory(campaign=campaign)
-    user = UserFactory(username="ann", role=roles.ANNOTATOR)
+    user = UserFactory(username="ann", role=roles.ANNOTATOR, campaigns=[campaign])  # a member
     base = live_server.url
 
     login(page, base, "ann")
@@ -86,6 +86,7 @@ def test_annotator_completes_three_comparisons_with_the_keyboard(live_server, pa
     page.keyboard.press("Enter")
     page.wait_for_selector("#empty:not([hidden])")
     assert page.js_errors == []
+    assert page.csp_violations == []  # the Content-Security-Policy refused nothing the page does
 
     votes = list(Vote.objects.filter(annotator=user).order_by("created_at").select_related("assignment"))
     assert [v.assignment_id for v in votes] == [first, second, third]

@@ -97,3 +97,4 @@ def test_admin_starts_a_dpo_run_watches_the_curve_and_promotes_the_result(live_s
     assert (promotion.to_version, promotion.by.username, promotion.reason) == (new, "boss", "looks better")
     assert new.name in page.inner_text("#lineage tr.current")
     assert page.js_errors == []
+    assert page.csp_violations == []  # the Content-Security-Policy refused nothing the page does

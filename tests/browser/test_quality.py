@@ -21,7 +21,7 @@ def vote(campaign, user, comparison, wanted):
 
 def test_reviewer_reads_quality_and_admin_queues_a_judge(live_server, page, monkeypatch):
     campaign = CampaignFactory(slug="q", name="Quality campaign", votes_per_pair=3, buffer_size=0)
-    people = [UserFactory(username=f"ann{i}", role=roles.ANNOTATOR) for i in range(3)]
+    people = [UserFactory(username=f"ann{i}", role=roles.ANNOTATOR, campaigns=[campaign]) for i in range(3)]
     UserFactory(username="rev", role=roles.REVIEWER)
     UserFactory(username="boss", role=roles.ADMIN)
     judge = Judge.objects.create(campaign=campaign, name="smol", kind="local")
@@ -55,6 +55,10 @@ def test_reviewer_reads_quality_and_admin_queues_a_judge(live_server, page, monk
     page.goto(f"{base}/console/q/leaderboard/")
     assert page.get_attribute("tr[data-model='some/strong']", "data-rank") == "1"
     assert page.locator("#leaderboard tbody tr").count() == 2
+    # The interval bars are placed by console.js from data-bar-* (no style="" under the CSP).
+    bar = page.locator("tr[data-model='some/strong'] .interval")
+    assert bar.evaluate("(el) => el.style.left") == bar.get_attribute("data-bar-left") + "%"
+    assert bar.evaluate("(el) => el.getBoundingClientRect().width") > 0
 
     page.context.clear_cookies()
     login(page, base, "boss")
@@ -90,3 +94,4 @@ def test_reviewer_reads_quality_and_admin_queues_a_judge(live_server, page, monk
     assert "+Prefer answers that cite a source." in page.inner_text("#diff .add")
     assert campaign.guidelines.count() == 2
     assert page.js_errors == []
+    assert page.csp_violations == []  # the Content-Security-Policy refused nothing the pages do

@@ -8,6 +8,7 @@ filesystem transport under ``PREFLOOP_VAR`` (default ``./var``), so one command 
 from pathlib import Path
 
 import environ
+from csp.constants import NONE, SELF
 
 from training.formats import DEFAULT_MAX_TEXT_CHARS  # torch-free: the CLI readers use the same default
 
@@ -31,6 +32,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "axes",
+    "csp",
     "annotation",
     "workers",
 ]
@@ -38,6 +40,10 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Outside the NUL check, so its 400s carry the policy too.
+    "annotation.middleware.PrefloopCSPMiddleware",
+    # Before sessions, authentication and axes: a NUL reaches no database lookup (a 400 instead of a 500).
+    "annotation.middleware.RejectNulMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -47,6 +53,25 @@ MIDDLEWARE = [
     # Last, as django-axes asks: throttles repeated failed logins.
     "axes.middleware.AxesMiddleware",
 ]
+
+# Content-Security-Policy (django-csp) on every response: scripts and styles only from our own
+# static files (no inline script, no eval, no style="" attributes), images from here, data: URLs
+# and the hosts an operator names (PREFLOOP_CSP_IMG_HOSTS, e.g. "https://img.example.org"): a
+# markdown image in a prompt cannot phone home from an annotator's browser. DRF's browsable API
+# pages alone also allow inline styles (annotation.middleware.PrefloopCSPMiddleware).
+PREFLOOP_CSP_IMG_HOSTS = env.list("PREFLOOP_CSP_IMG_HOSTS", default=[])
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", *PREFLOOP_CSP_IMG_HOSTS],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    },
+}
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
@@ -140,10 +165,14 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "annotation.errors.api_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "annotation.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
     # Scoped rates (ScopedRateThrottle): each model request costs a worker seconds of compute.
-    "DEFAULT_THROTTLE_RATES": {"chat": env.str("PREFLOOP_CHAT_RATE", default="60/min")},
+    "DEFAULT_THROTTLE_RATES": {
+        "chat": env.str("PREFLOOP_CHAT_RATE", default="60/min"),
+        # next + vote + skip together, per user (annotation/throttles.py): a person does a few a minute
+        "annotate": env.str("PREFLOOP_ANNOTATE_RATE", default="300/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Prefloop API",
@@ -154,6 +183,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every operation's error statuses (400/401/403/404/409/413/429) in the error shape.
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "annotation.schema.error_responses"],
     # Two "kind" choice sets: every run kind a stored run may have, and the kinds that can be started.
     "ENUM_NAME_OVERRIDES": {
         "TrainingRunKindEnum": "annotation.models.TrainingRun.Kind",
@@ -223,6 +254,20 @@ def redis_transport_options(broker_url: str, options: dict | None = None) -> dic
 
 
 CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL, globals().get("CELERY_BROKER_TRANSPORT_OPTIONS"))
+
+
+def caches_for(broker_url: str, prefix: str) -> dict:
+    """The cache (rate-limit counts): the broker's Redis when there is one, so a limit holds
+    across web processes; else this process's memory (the embedded default). ``prefix`` keeps
+    two deployments (or test databases) sharing one Redis apart. Settings that change the broker
+    URL call this again."""
+    if broker_url.startswith(("redis://", "rediss://")):
+        return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": broker_url,
+                            "KEY_PREFIX": prefix, "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1}}}
+    return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+
+CACHES = caches_for(CELERY_BROKER_URL, str(DATABASES["default"]["NAME"]))
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_DEFAULT_QUEUE", default="default")
 # GPU work (sampling, training) goes to the `gpu` queue, served with concurrency 1 per GPU.
 CELERY_TASK_ROUTES = {

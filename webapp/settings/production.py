@@ -1,7 +1,7 @@
 """Production: every secret from the environment, no defaults; passes `manage.py check --deploy`."""
 
 from .base import *  # noqa: F401,F403
-from .base import database_from_url, env, redis_transport_options, result_backend_for
+from .base import caches_for, database_from_url, env, redis_transport_options, result_backend_for
 
 DEBUG = False
 # No default: refuse to start without a real secret key.
@@ -12,6 +12,7 @@ DATABASES = {"default": database_from_url(env.str("DATABASE_URL"))}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND = result_backend_for(CELERY_BROKER_URL)
+CACHES = caches_for(CELERY_BROKER_URL, str(DATABASES["default"]["NAME"]))
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

@@ -3,11 +3,12 @@
 import contextlib
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import CommandError
 
 from annotation.errors import ApplicationError
 from annotation.models import Campaign
-from training import formats
+from annotation.parsing import StreamedLines, max_line_bytes
 
 
 @contextlib.contextmanager
@@ -27,21 +28,28 @@ def campaign_or_error(slug: str) -> Campaign:
         raise CommandError(f"No campaign '{slug}' (known: {known}).") from None
 
 
-def numbered_lines(path: str) -> list[formats.Line]:
-    """Numbered lines of a UTF-8 text file (a line that is not UTF-8 is reported by number)."""
+def numbered_lines(path: str) -> StreamedLines:
+    """Numbered lines of a UTF-8 text file, read a piece at a time (a line that is not UTF-8 or
+    too long is reported by number)."""
     p = Path(path)
     if not p.is_file():
         raise CommandError(f"{path}: no such file")
     try:
-        return formats.numbered_lines(p.read_bytes())
+        p.open("rb").close()
     except OSError as exc:
         raise CommandError(f"{path}: {exc.strerror}") from None
+    return StreamedLines(lambda: p.open("rb"), max_line_bytes=max_line_bytes(settings.PREFLOOP["MAX_IMPORT_LINE_CHARS"]))
 
 
 def print_report(command, report, *, what: str, path: str, strict: bool) -> None:
+    """The listed bad lines as ``path:number: reason`` (the first ``MAX_REPORTED_ERRORS``; how
+    many more there are after them), then the counts."""
     for number, reason in report.errors:
         command.stderr.write(f"{path}:{number}: {reason}")
+    if report.errors_truncated:
+        command.stderr.write(f"{path}: {report.error_count - len(report.errors)} more bad line(s) not listed")
     if not report.written:
-        raise CommandError(f"{len(report.errors)} bad line(s) of {report.lines}; --strict: nothing was imported.")
-    summary = f"{report.created} {what} imported, {report.duplicates} already present, {len(report.errors)} bad line(s) skipped ({report.lines} lines read)."
-    command.stdout.write(command.style.SUCCESS(summary) if not report.errors else command.style.WARNING(summary))
+        raise CommandError(f"{report.error_count} bad line(s) of {report.lines}; --strict: nothing was imported.")
+    summary = (f"{report.created} {what} imported, {report.duplicates} already present, "
+               f"{report.error_count} bad line(s) skipped ({report.lines} lines read).")
+    command.stdout.write(command.style.SUCCESS(summary) if not report.error_count else command.style.WARNING(summary))

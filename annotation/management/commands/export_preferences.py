@@ -7,7 +7,9 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation.management.commands._common import campaign_or_error
 from annotation.parsing import jsonl_lines
+from annotation.models import AuditEvent
 from annotation.selectors import EXPORT_FORMATS, preferences_export_rows
+from annotation.services.audit import audit_record
 from annotation.snapshots import snapshot_rows
 
 
@@ -23,6 +25,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, campaign, fmt, output, with_meta, **options):
         camp = campaign_or_error(campaign)
+        audit_record(actor=None, action=AuditEvent.Action.EXPORT, campaign=camp, target=fmt,
+                     details={"with_meta": with_meta, "via": "command", "output": output})
         rows = snapshot_rows(lambda: preferences_export_rows(campaign=camp, with_meta=with_meta, fmt=fmt))
         if output == "-":
             n = self._write(rows, sys.stdout)

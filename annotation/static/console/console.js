@@ -100,6 +100,16 @@
     });
   }
 
+  // Bars (throughput, intervals, win rates) are placed from data-bar-* percentages here: the
+  // Content-Security-Policy refuses style="" attributes, not styles set from a script.
+  function placeBars(root) {
+    root.querySelectorAll("[data-bar-left], [data-bar-width], [data-bar-height]").forEach((el) => {
+      if (el.dataset.barLeft !== undefined) el.style.left = `${Number(el.dataset.barLeft)}%`;
+      if (el.dataset.barWidth !== undefined) el.style.width = `${Number(el.dataset.barWidth)}%`;
+      if (el.dataset.barHeight !== undefined) el.style.height = `${Number(el.dataset.barHeight)}%`;
+    });
+  }
+
   // Charts follow their column's width.
   window.addEventListener("resize", () => document.querySelectorAll(".chart").forEach((chart) => {
     if (chart._plot) chart._plot.setSize({ width: Math.max(240, chart.querySelector(".plot").clientWidth), height: 200 });
@@ -107,5 +117,10 @@
   document.addEventListener("submit", onlyChanged, true);
   // Back from the browser's page cache: the inputs disabled on submit are enabled again.
   window.addEventListener("pageshow", () => document.querySelectorAll("[data-default]").forEach((el) => { el.disabled = false; }));
-  document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-charts]").forEach(refresh));
+  document.addEventListener("DOMContentLoaded", () => {
+    placeBars(document);
+    document.querySelectorAll("[data-charts]").forEach(refresh);
+  });
+  // Content swapped in by htmx (polled fragments) may carry bars too.
+  document.addEventListener("htmx:load", (event) => placeBars(event.target));
 })();
