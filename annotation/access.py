@@ -74,15 +74,16 @@ def comparisons_open_to(
 def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> dict:
     """Done / skipped by this annotator, and how many comparisons are still open to them.
 
-    ``remaining`` counts gold items with normal ones (when the campaign hands out gold at all):
-    every lease, whatever its kind, lowers it by one, and ``assignment_next`` hands something out
-    while it is above 0. Counting normal items only told gold apart: the counter stood still
-    after a gold lease and dropped after a normal one."""
+    ``remaining`` counts gold items with normal ones (when the campaign hands out gold at all),
+    and is 0 when no normal item is open to them (``assignment_next`` hands out gold only beside
+    normal work): every lease, whatever its kind, lowers it by one, except the last normal one,
+    which takes it to 0. Counting normal items only told gold apart: the counter stood still after
+    a gold lease and dropped after a normal one."""
     counts = Assignment.objects.filter(annotator=annotator, comparison__campaign=campaign).aggregate(
         done=Count("pk", filter=Q(state=Assignment.State.DONE)),
         skipped=Count("pk", filter=Q(state=Assignment.State.SKIPPED)),
     )
     remaining = comparisons_open_to(campaign=campaign, annotator=annotator).count()
-    if campaign.gold_rate > 0:
+    if remaining and campaign.gold_rate > 0:
         remaining += comparisons_open_to(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD).count()
     return {"done": counts["done"], "skipped": counts["skipped"], "remaining": remaining}

@@ -18,7 +18,7 @@ from annotation.models import Assignment, AuditEvent, Campaign, Choice, Strength
 from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
 from annotation.rendering import markdown_html
 from annotation.snapshots import snapshot_rows
-from annotation.throttles import AnnotateRateThrottle
+from annotation.throttles import FailOpenScopedRateThrottle
 from annotation.uploads import upload_guard, uploaded_lines
 
 
@@ -160,7 +160,7 @@ class CampaignDetailApi(APIView):
 
 class NextComparisonApi(APIView):
     permission_classes = [perm("annotation.annotate")]
-    throttle_classes = [AnnotateRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle]
     throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(
@@ -196,7 +196,7 @@ class VoteSubmitOut(serializers.Serializer):
 
 class VoteSubmitApi(APIView):
     permission_classes = [perm("annotation.annotate")]
-    throttle_classes = [AnnotateRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle]
     throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(
@@ -222,7 +222,7 @@ class SkipIn(serializers.Serializer):
 
 class SkipApi(APIView):
     permission_classes = [perm("annotation.annotate")]
-    throttle_classes = [AnnotateRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle]
     throttle_scope = "annotate"  # PREFLOOP_ANNOTATE_RATE per user
 
     @extend_schema(request=SkipIn, responses={200: OpenApiResponse(description="Skipped")}, summary="Skip a leased comparison")

@@ -19,12 +19,12 @@ from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from annotation import services
 from annotation.api import perm
 from annotation.errors import ApplicationError
+from annotation.throttles import FailOpenScopedRateThrottle
 
 USE_MODELS = "annotation.view_modelversion"
 
@@ -111,7 +111,7 @@ def _errors(*codes: int) -> dict:
 
 
 class ChatCompletionsApi(OpenAIView):
-    throttle_classes = [ScopedRateThrottle]
+    throttle_classes = [FailOpenScopedRateThrottle]  # scope "chat"
     throttle_scope = "chat"  # PREFLOOP_CHAT_RATE per user (60/min): each request costs a model worker seconds
     @extend_schema(operation_id="v1_chat_completions", request=ChatIn,
                    responses={200: ChatOut, **_errors(400, 401, 403, 404, 429, 502, 504)}, tags=["openai"])

@@ -113,6 +113,7 @@ def test_gold_mixed_at_the_campaign_rate(db, annotators):
 def test_gold_votes_are_scored_and_make_no_preference(db, annotator):
     campaign = CampaignFactory(votes_per_pair=1, gold_rate=1.0, members=[annotator])
     g = ComparisonFactory(campaign=campaign, kind="gold", gold_answer="b")
+    ComparisonFactory(campaign=campaign)  # gold is handed out only beside normal work
     a = services.assignment_next(campaign=campaign, annotator=annotator)
     assert a.comparison_id == g.pk
     shown = "b" if a.order == "ab" else "a"  # the position where response B is shown

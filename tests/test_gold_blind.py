@@ -82,23 +82,26 @@ def test_skip_and_home_page_do_not_tell_gold_either(api, gold_campaign, annotato
     assert seen["gold"] == seen["normal"] == (1, 200, {"detail": "Skipped."})
 
 
-def test_something_is_handed_out_while_the_counter_is_above_zero(api, gold_campaign, annotator, monkeypatch):
-    """Gold items count in ``remaining``, so they are handed out also when the normal ones are
-    used up: "nothing left" while the counter says 3 would tell the last 3 are gold."""
-    force_kind(monkeypatch, "normal")  # never due: gold only comes as the fallback
+def test_gold_only_beside_normal_work_and_the_counter_reads_zero_when_that_is_done(api, gold_campaign, annotator,
+                                                                                     monkeypatch):
+    """Gold is handed out only while a normal item is open to the annotator, and the counter
+    reads 0 once none is: "nothing left" never hides gold, and gold is not used up in one run
+    when a batch runs dry (each gold item goes to an annotator once: it would be gone for good)."""
     client = api(annotator)
-    kinds = []
-    remaining = selectors.annotator_progress(campaign=gold_campaign, annotator=annotator)["remaining"]
-    assert remaining == 6
-    while True:
-        body = client.post("/api/campaigns/c1/next/").json()
-        if body["assignment"] is None:
-            break
-        assert body["progress"]["remaining"] == remaining - 1
-        remaining -= 1
+    assert selectors.annotator_progress(campaign=gold_campaign, annotator=annotator)["remaining"] == 6
+    force_kind(monkeypatch, "normal")  # gold never due: the normal items run out first
+    kinds, counters = [], []
+    while (body := client.post("/api/campaigns/c1/next/").json())["assignment"] is not None:
+        counters.append(body["progress"]["remaining"])
         kinds.append(Assignment.objects.get(pk=body["assignment"]["id"]).comparison.kind)
         client.post(f"/api/assignments/{body['assignment']['id']}/vote/", {"choice": "a"}, format="json")
-    assert body["progress"]["remaining"] == 0 and kinds == ["normal"] * 3 + ["gold"] * 3
+    assert kinds == ["normal"] * 3 and counters == [5, 4, 0]  # the last normal lease takes the counter to 0
+    assert body["progress"] == {"done": 3, "skipped": 0, "remaining": 0}
+    force_kind(monkeypatch, "gold")  # due now, but no normal work beside it: still nothing
+    assert client.post("/api/campaigns/c1/next/").json()["assignment"] is None
+    ComparisonFactory(campaign=gold_campaign)  # the next batch: gold comes again beside it
+    body = client.post("/api/campaigns/c1/next/").json()
+    assert Assignment.objects.get(pk=body["assignment"]["id"]).comparison.kind == "gold" and body["progress"]["remaining"] == 3
 
 
 def test_campaign_without_gold_counts_no_gold_and_hands_none(api, campaign, annotator):

@@ -179,3 +179,14 @@ def test_pages_keep_html_404_and_api_keeps_its_slash_redirect(annotator):
     assert r.status_code == 404 and r["Content-Type"].startswith("text/html")
     r = c.get("/api/campaigns")  # APPEND_SLASH still redirects a known API path without its slash
     assert r.status_code == 301 and r["Location"] == "/api/campaigns/"
+
+
+def test_a_json_body_over_the_memory_limit_is_refused_not_read_unchecked(api, campaign, admin_user, settings):
+    """Django would refuse request.body past DATA_UPLOAD_MAX_MEMORY_SIZE, but DRF reads the stream
+    anyway: such a body would skip the NUL check. It answers 413 instead, and nothing is written."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    before = Prompt.objects.count()
+    body = json.dumps({"campaign": "c1", "kind": "dpo", "config": {"note": "\u0000"}, "pad": "x" * 2000})
+    r = api(admin_user).post("/api/training-runs/", body, content_type="application/json")
+    assert api_error(r, 413, "too_large")["message"].startswith("The request body is larger")
+    assert Prompt.objects.count() == before

@@ -101,9 +101,9 @@ def test_schema_documents_the_training_endpoints(api, annotator):
     paths = json.loads(api(annotator).get("/api/schema/?format=json").content)["paths"]
     create = paths["/api/training-runs/"]["post"]
     # 401 everywhere, 400 wherever there is input, 415 wherever a body: annotation/schema.py (tests/test_schema.py).
-    assert set(create["responses"]) == {"202", "400", "401", "403", "409", "415"}
+    assert set(create["responses"]) == {"202", "400", "401", "403", "409", "413", "415"}
     assert create["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/TrainingRunInRequest")
     assert set(paths["/api/training-runs/{run_id}/"]["get"]["responses"]) == {"200", "400", "401", "403", "404"}
     assert set(paths["/api/training-runs/{run_id}/cancel/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409"}
-    assert set(paths["/api/campaigns/{slug}/promote/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "415"}
-    assert set(paths["/api/campaigns/{slug}/rollback/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "415"}
+    assert set(paths["/api/campaigns/{slug}/promote/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "415"}
+    assert set(paths["/api/campaigns/{slug}/rollback/"]["post"]["responses"]) == {"200", "400", "401", "403", "404", "409", "413", "415"}

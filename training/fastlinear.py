@@ -66,7 +66,11 @@ def packed_linears(model):
         for m in _linears(model):
             if "forward" in m.__dict__:  # patched by someone else (or an enclosing block)
                 continue
-            m.forward = _forward(m, _pack(m.weight))
+            try:
+                packed = _pack(m.weight)
+            except RuntimeError:  # this build's oneDNN cannot pack it: that layer stays plain
+                continue
+            m.forward = _forward(m, packed)
             patched.append(m)
         yield model
     finally:

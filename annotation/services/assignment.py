@@ -57,10 +57,9 @@ def assignment_next(
     """Lease the next comparison of ``campaign`` to ``annotator``, or None when nothing is left.
 
     Fewest votes first; never the same comparison twice to one annotator; never more live
-    leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate, and
-    handed out also when no normal item is left for the annotator: their progress counts gold
-    items too (``annotator_progress``), and "nothing left" while the counter reads more than 0
-    would tell that what is left is gold. Only a campaign's members (and reviewers and admins) work in it.
+    leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate while
+    a normal item is open to the annotator (their progress counts both: ``annotator_progress``).
+    Only a campaign's members (and reviewers and admins) work in it.
     PostgreSQL: candidates are locked with SELECT ... FOR UPDATE SKIP LOCKED so concurrent
     annotators take different rows instead of queueing. SQLite: transactions are IMMEDIATE
     (settings), so hand-outs are serialised.
@@ -81,15 +80,14 @@ def assignment_next(
         )
         if held:  # a reload or a second tab gets the lease it already holds
             return held
-        kinds = [Comparison.Kind.NORMAL]
-        if campaign.gold_rate > 0:  # gold first when due, else only when no normal item is left
-            kinds.insert(0 if _gold_due(campaign=campaign, annotator=annotator) else 1, Comparison.Kind.GOLD)
-        for kind in kinds:
-            comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=kind, now=now)
-            if comparison:
-                break
-        else:
+        # Gold only beside normal work: with no normal item left for this annotator nothing is
+        # handed out (their counter reads 0 then: ``annotator_progress``), so "nothing left" never
+        # hides gold, and gold is not used up in one run whenever a batch runs dry.
+        comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=Comparison.Kind.NORMAL, now=now)
+        if comparison is None:
             return None
+        if campaign.gold_rate > 0 and _gold_due(campaign=campaign, annotator=annotator):
+            comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD, now=now) or comparison
         guideline = campaign.guidelines.order_by("-version").first()
         return Assignment.objects.create(
             comparison=comparison,

@@ -257,12 +257,18 @@ CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL, glo
 
 
 def caches_for(broker_url: str, prefix: str) -> dict:
-    """The cache (rate-limit counts): the broker's Redis when there is one, so a limit holds
-    across web processes; else this process's memory (the embedded default). ``prefix`` keeps
-    two deployments (or test databases) sharing one Redis apart. Settings that change the broker
-    URL call this again."""
+    """The cache (rate-limit counts): the broker's Redis server when there is one, so a limit
+    holds across web processes, in the next database index (``cache.clear()`` flushes a whole
+    database: never the broker's queues); else this process's memory (the embedded default).
+    ``prefix`` keeps two deployments (or test databases) sharing one Redis apart. Settings that
+    change the broker URL call this again."""
     if broker_url.startswith(("redis://", "rediss://")):
-        return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": broker_url,
+        from urllib.parse import urlsplit, urlunsplit
+
+        url = urlsplit(broker_url)
+        db = int(url.path.strip("/") or 0)
+        location = urlunsplit(url._replace(path=f"/{(db + 1) % 16}"))
+        return {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": location,
                             "KEY_PREFIX": prefix, "OPTIONS": {"socket_timeout": 1, "socket_connect_timeout": 1}}}
     return {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
