@@ -23,7 +23,7 @@ from rest_framework.views import APIView
 
 from annotation import services
 from annotation.api import perm
-from annotation.errors import ApplicationError
+from annotation.errors import ApplicationError, openai_error_body
 from annotation.throttles import FailOpenScopedRateThrottle
 
 USE_MODELS = "annotation.view_modelversion"
@@ -45,13 +45,8 @@ class BearerTokenScheme(OpenApiAuthenticationExtension):
         return {"type": "http", "scheme": "bearer", "description": "A Prefloop API token: python manage.py drf_create_token USER"}
 
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "invalid_request_error",
-          429: "rate_limit_error"}
-
-
 def openai_error(status: int, message: str, *, param=None, code=None) -> Response:
-    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return Response({"error": {"message": message, "type": kind, "param": param, "code": code}}, status=status)
+    return Response(openai_error_body(status, message, param=param, code=code), status=status)
 
 
 class OpenAIView(APIView):

@@ -88,6 +88,16 @@ def error_body(code: str, message: str, details: dict | None = None) -> dict:
     return {"error": {"code": code, "message": message, "details": details or {}}}
 
 
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def openai_error_body(status: int, message: str, *, param=None, code=None) -> dict:
+    """An error in OpenAI's shape (under /v1/)."""
+    kind = _OPENAI_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def prefix_error_response(request, *, status: int, code: str, message: str, details: dict | None = None) -> JsonResponse | None:
     """An error answered outside DRF's views (middleware, the 404 handler) in the shape its URL
     prefix speaks: ours under /api/, OpenAI's under /v1/; None elsewhere (a page: the caller
@@ -96,9 +106,7 @@ def prefix_error_response(request, *, status: int, code: str, message: str, deta
     if path == "/api" or path.startswith("/api/"):
         return JsonResponse(error_body(code, message, details), status=status)
     if path == "/v1" or path.startswith("/v1/"):
-        param = (details or {}).get("field")
-        return JsonResponse({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}},
-                            status=status)
+        return JsonResponse(openai_error_body(status, message, param=(details or {}).get("field"), code=code), status=status)
     return None
 
 
