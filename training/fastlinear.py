@@ -49,7 +49,7 @@ def _forward(module: torch.nn.Linear, packed: torch.Tensor):
     return forward
 
 
-def _pack(weight: torch.Tensor) -> torch.Tensor:
+def pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), _ROWS_HINT)
 
 
@@ -67,7 +67,7 @@ def packed_linears(model):
             if "forward" in m.__dict__:  # patched by someone else (or an enclosing block)
                 continue
             try:
-                packed = _pack(m.weight)
+                packed = pack(m.weight)
             except RuntimeError:  # this build's oneDNN cannot pack it: that layer stays plain
                 continue
             m.forward = _forward(m, packed)

@@ -18,6 +18,7 @@ import torch
 from transformers.cache_utils import DynamicLayer
 
 from training.data import prompt_tokens
+from training.fastdecode import lean_decoder
 from training.fastlinear import packed_linears
 from training.models import backbone, unwrap
 from training.nucleus import NucleusSampler
@@ -116,14 +117,22 @@ def _decode(model, seqs, counts, *, sampler: NucleusSampler, max_new_tokens: int
     EOS), each token's raw-policy log-prob ``(B, G)`` and, with ``step_stats``, its log-prob and
     the entropy under the sampling distribution (logits / temperature) ``(B, G)`` each (else None)."""
     # The same weights for every step: packed once (``training.fastlinear``), which costs a few
-    # steps' savings.
-    with packed_linears(unwrap(model)):
+    # steps' savings. A Llama-family model decodes with ``training.fastdecode``'s lean step
+    # (its own fused, packed weights; the head module stays, so hooks on it still run).
+    inner = unwrap(model)
+    lean = lean_decoder(inner)
+    with packed_linears(inner.get_output_embeddings() if lean is not None else inner):
         return _decode_steps(model, seqs, counts, sampler=sampler, max_new_tokens=max_new_tokens, eos_id=eos_id,
-                             pad_id=pad_id, device=device, step_stats=step_stats)
+                             pad_id=pad_id, device=device, step_stats=step_stats, lean=lean)
 
 
-def _decode_steps(model, seqs, counts, *, sampler, max_new_tokens, eos_id, pad_id, device, step_stats):
+def _decode_steps(model, seqs, counts, *, sampler, max_new_tokens, eos_id, pad_id, device, step_stats, lean=None):
     cache, mask, positions, hidden = _prefill(model, seqs, counts, pad_id, device, reserve=max_new_tokens)
+    if lean is not None and not all(type(layer) is _ReservedLayer for layer in cache.layers):
+        lean = None
+    if lean is not None:  # the columns each row attends to, for the whole generation
+        attend = torch.zeros((mask.shape[0], cache.layers[0]._keys.shape[-2]), dtype=torch.bool, device=device)
+        attend[:, : mask.shape[1]] = mask.bool()
     head = unwrap(model).get_output_embeddings()
     rows = hidden.shape[0]
     tokens = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -147,10 +156,16 @@ def _decode_steps(model, seqs, counts, *, sampler, max_new_tokens, eos_id, pad_i
         if not bool(going.all()):
             keep = going.nonzero().squeeze(-1)
             alive, token, mask, positions = alive[keep], token[keep], mask[keep], positions[keep]
+            if lean is not None:
+                attend = attend[keep]
             for layer in cache.layers:
                 layer.batch_select_indices(keep)
-        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         positions = positions + 1
+        if lean is not None:
+            attend[:, cache.layers[0]._n] = True
+            hidden = lean.step(token, positions, cache, attend)
+            continue
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
         out = backbone(model)(input_ids=token.unsqueeze(-1), attention_mask=mask, position_ids=positions.unsqueeze(-1),
                                cache=cache, use_cache=True)
         hidden = out.last_hidden_state[:, -1]
