@@ -6,7 +6,8 @@ were the (oneDNN-packed) matrix products; the rest is Python in 30 layers (mask 
 bookkeeping, attention dispatch, keyword plumbing, one product per projection). This step
 does the same arithmetic with fewer, larger calls: q, k and v in one product, gate and up in
 one, RoPE on q and k together, the new key and value written in place into the sampler's
-reserved cache (``training.sampling._ReservedLayer``), one SDPA call with grouped heads.
+reserved cache (``training.sampling._ReservedLayer``), one SDPA call per layer with a key/value
+head's query heads as its query rows.
 Figures in ``benchmarks/RESULTS.md``.
 
 Only where it was checked against the stock forward (``tests/training/test_fastdecode.py``):
@@ -116,7 +117,9 @@ class LeanDecoder:
         cos, sin = self.rotary(h, positions.unsqueeze(-1))  # (B, 1, d): one angle per row, all heads
         heads, kv, d = self.heads, self.kv_heads, self.head_dim
         n = cache.layers[0]._n
-        mask = attend[:, None, None, : n + 1]
+        # the query heads of a key/value head side by side (SDPA's query length): no repeated keys;
+        # an additive mask (one per step) is cheaper in SDPA than a boolean one
+        bias = torch.zeros((rows, 1, 1, n + 1), dtype=h.dtype, device=h.device).masked_fill_(~attend[:, None, None, : n + 1], float("-inf"))
         width = h.shape[-1]
         for layer, store in zip(self.layers, cache.layers):
             x = F.rms_norm(h, (width,), layer.norm1, layer.eps1)
@@ -127,8 +130,8 @@ class LeanDecoder:
             store._keys[:, :, n] = qk[:, heads:]
             store._values[:, :, n] = qkv[:, heads + kv:]
             att = F.scaled_dot_product_attention(
-                qk[:, :heads].unsqueeze(2), store._keys[:, :, : n + 1], store._values[:, :, : n + 1], attn_mask=mask,
-                enable_gqa=kv != heads)
+                qk[:, :heads].reshape(rows, kv, heads // kv, d), store._keys[:, :, : n + 1], store._values[:, :, : n + 1],
+                attn_mask=bias)
             h = h + layer.o(att.reshape(rows, heads * d))
             x = F.rms_norm(h, (width,), layer.norm2, layer.eps2)
             gate, up = layer.gate_up(x).split(self.intermediate, dim=-1)
