@@ -147,9 +147,12 @@ def campaign_open_pairs(*, campaign: Campaign) -> int:
     return campaign.comparisons.filter(status=Comparison.Status.OPEN, kind=Comparison.Kind.NORMAL).count()
 
 
-def campaign_buffer_missing(*, campaign_id: int) -> int:
-    """Open comparisons the campaign lacks to fill its buffer (0 when full, inactive or off)."""
-    campaign = Campaign.objects.filter(pk=campaign_id, is_active=True).first()
+def campaign_buffer_missing(*, campaign_id: int, claim: datetime | None = None) -> int:
+    """Open comparisons the campaign lacks to fill its buffer (0 when full, inactive or off; with
+    a refill ``claim``, also when the campaign no longer holds that claim: a lost worker's task
+    redelivered after a newer refill took the claim over, or after the claim was released)."""
+    held = {} if claim is None else {"refill_requested_at": claim}
+    campaign = Campaign.objects.filter(pk=campaign_id, is_active=True, **held).first()
     if campaign is None:
         return 0
     return max(0, campaign.buffer_size - campaign_open_pairs(campaign=campaign))

@@ -5,6 +5,7 @@ number of eval prompts, and the run page watching for its evaluation after the r
 
 import io
 import json
+import sys
 from datetime import timedelta
 
 import pytest
@@ -13,10 +14,11 @@ from django.test import Client
 from django.utils import timezone
 
 from annotation import selectors, services
-from annotation.models import Evaluation, ModelVersion, Preference, Prompt, TrainingRun
-from tests.factories import PromptFactory, ResponseFactory
+from annotation.models import Campaign, Evaluation, ModelVersion, Preference, Prompt, TrainingRun
+from tests.factories import CampaignFactory, PromptFactory, ResponseFactory
 from tests.test_api import assert_error
 from workers import tasks
+from workers.evaluation import run_evaluation
 from workers.training_jobs import run_training
 
 SMALL = {"max_steps": 1, "batch_size": 2, "max_length": 96, "max_prompt_length": 64, "min_response_tokens": 1, "log_every": 1, "lr": 1e-3}
@@ -137,6 +139,53 @@ def test_the_sweep_fails_runs_and_evaluations_a_lost_worker_left_running(campaig
     assert TrainingRun.objects.get(pk=lost.pk).status == "failed" and not ModelVersion.objects.filter(training_run=lost).exists()
     assert tasks.sweep_stale() == {"runs": [], "evaluations": []}
     assert "sweep-stale" in settings.CELERY_BEAT_SCHEDULE
+
+
+def test_work_whose_worker_dies_while_loading_is_swept_not_left_queued_for_good(campaign, versions, settings, monkeypatch, sent):
+    """A pool child SIGKILLed (out of memory) after it took a run or an evaluation and before its
+    first step is acknowledged by its surviving main process as lost, so never redelivered, and
+    only running work is swept: the work is marked running before the worker imports the
+    trainers or exports data (an import that fails stands in for the kill here)."""
+    settings.PREFLOOP = {**settings.PREFLOOP, "WORK_STALE_MINUTES": 60}
+    old, new = versions
+    campaign.policy = old
+    campaign.save(update_fields=["policy"])
+    run = services.training_run_create(campaign=campaign, kind="dpo", base_version=old)
+    evaluation = services.evaluation_create(campaign=campaign, candidate=new)
+    with monkeypatch.context() as m:
+        for module in ("training.recipes", "training.evaluation"):
+            m.setitem(sys.modules, module, None)  # importing it raises ImportError
+        with pytest.raises(ImportError):
+            run_training(run_id=run.pk)
+        with pytest.raises(ImportError):
+            run_evaluation(evaluation_id=evaluation.pk)
+    assert TrainingRun.objects.get(pk=run.pk).status == "running" and Evaluation.objects.get(pk=evaluation.pk).status == "running"
+    swept = services.stale_work_fail(now=timezone.now() + timedelta(minutes=61))
+    assert (swept.runs, swept.evaluations) == ([run.pk], [evaluation.pk])
+    services.training_run_create(campaign=campaign, kind="dpo", base_version=old)  # the campaign's dpo runs are free again
+
+
+def test_a_lost_refills_redelivered_task_samples_nothing_once_its_claim_moved_on(db, monkeypatch):
+    """A gpu worker SIGKILLed mid-refill never releases its claim, and its message stays in
+    Redis until the visibility timeout; by then the beat has taken the stale claim over. The
+    redelivered task must not sample as well: two refills would fill the buffer twice."""
+    from workers import sampling
+
+    c = CampaignFactory(buffer_size=4)
+    PromptFactory(campaign=c)
+    calls = []
+    monkeypatch.setattr(sampling, "campaign_sample_pairs",
+                        lambda *, campaign_id, n: calls.append(n) or sampling.SampleReport(campaign=c.slug, policy="p",
+                                                                                        arena_policy=None, requested=n))
+    lost = services.campaign_refill_claim(campaign_id=c.pk)  # its worker died: its `finally` never ran
+    newer = services.campaign_refill_claim(campaign_id=c.pk, now=lost + timedelta(minutes=61))  # the beat takes over
+    assert newer is not None
+    assert tasks.sample_pairs(c.pk, 4, refill_claim=lost.isoformat()) == {"created": 0, "requested": 0}
+    assert calls == [] and Campaign.objects.get(pk=c.pk).refill_requested_at == newer  # the newer claim stands
+    assert tasks.sample_pairs(c.pk, 4, refill_claim=newer.isoformat())["requested"] == 4 and calls == [4]
+    assert Campaign.objects.get(pk=c.pk).refill_requested_at is None  # released by its holder
+    assert tasks.sample_pairs(c.pk, 4, refill_claim=lost.isoformat()) == {"created": 0, "requested": 0}  # released: nothing
+    assert calls == [4]
 
 
 # ---------------------------------------------------------------- evaluation cancel, promotions list

@@ -37,9 +37,6 @@ def reward_load(spec: str):
 
 def run_evaluation(*, evaluation_id: int) -> str:
     """Evaluate ``evaluation_id``, store the figures, apply the gate; returns the final status."""
-    from training.evaluation import evaluate_policy
-    from workers.sampling import policy_load
-
     evaluation = Evaluation.objects.select_related("campaign", "candidate", "baseline").get(pk=evaluation_id)
     if evaluation.status not in Evaluation.ACTIVE:
         return evaluation.status
@@ -51,6 +48,11 @@ def run_evaluation(*, evaluation_id: int) -> str:
         return Evaluation.Status.FAILED
     if services.evaluation_start(evaluation_id=evaluation_id, sampling_params=params.as_dict()) is None:
         return Evaluation.objects.get(pk=evaluation_id).status
+    # Imported once it is running (and swept if its worker is lost): a pool child SIGKILLed while
+    # still queued is acknowledged as lost and never redelivered, and a queued evaluation is never swept.
+    from training.evaluation import evaluate_policy
+    from workers.sampling import policy_load
+
     # The cheap checks first: no model is loaded for an evaluation that cannot run.
     reward = selectors.campaign_reward_model(campaign=campaign)
     prompts = selectors.eval_prompts(campaign=campaign, n=evaluation.max_prompts)

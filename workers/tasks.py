@@ -28,13 +28,16 @@ def expire_leases() -> int:
 def sample_pairs(campaign_id: int, n: int, refill_claim: str | None = None) -> dict:
     """Sample ``n`` pairs for a campaign from its active policy (gpu queue). A refill (started
     by ``refill_buffers`` with its claim) samples what is missing when it runs, not when it
-    was queued, and releases its own claim at the end, whatever happened."""
+    was queued, and releases its own claim at the end, whatever happened. A refill whose claim
+    the campaign no longer holds samples nothing: its worker was SIGKILLed, Redis handed the
+    message on after the visibility timeout, and a newer refill took the claim over meanwhile
+    (both would fill the buffer) or has already filled it and let go."""
     from workers.sampling import campaign_sample_pairs
 
     claim = datetime.fromisoformat(refill_claim) if refill_claim else None
     try:
         if claim is not None:
-            n = selectors.campaign_buffer_missing(campaign_id=campaign_id)
+            n = selectors.campaign_buffer_missing(campaign_id=campaign_id, claim=claim)
             if n <= 0:
                 return {"created": 0, "requested": 0}
         return campaign_sample_pairs(campaign_id=campaign_id, n=n).as_dict()

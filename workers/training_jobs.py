@@ -41,13 +41,18 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     """Train run ``run_id``; returns its final status. A policy that succeeds is queued for
     evaluation unless ``evaluate=False`` (``simulate_loop`` evaluates under its own rule);
     ``on_progress(step, total)`` is called at every step (a caller's progress bar)."""
+    run = TrainingRun.objects.select_related("base_version", "campaign").get(pk=run_id)
+    if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+        return run.status  # cancelled before it started, or already finished
+    # Running from the moment a worker holds it, before the imports and the data export: a pool
+    # child SIGKILLed there (out of memory) is acknowledged by its main process as lost, never
+    # redelivered, and only a running run is swept: a queued one would block the kind for good.
+    if services.training_run_start(run_id=run_id, device="", data_manifest={}) is None:
+        return TrainingRun.objects.get(pk=run_id).status
     from training.config import config_from
     from training.data import manifest
     from training.recipes import recipe_for
 
-    run = TrainingRun.objects.select_related("base_version", "campaign").get(pk=run_id)
-    if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
-        return run.status  # cancelled before it started, or already finished
     try:
         recipe = recipe_for(run.kind)
     except ValueError as exc:
