@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import selectors, services
-from annotation.errors import ImportRejected, InvalidInput
+from annotation.errors import ApplicationError, ImportRejected, InvalidInput
 from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS
 from annotation.models import Assignment, AuditEvent, Campaign, Choice, Strength, Vote
 from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
@@ -171,27 +171,61 @@ class NextComparisonApi(APIView):
         "lease expires), or `assignment: null` when nothing is left for you.",
     )
     def post(self, request, slug: str):
-        campaign = _campaign(slug, request.user)
-        assignment = services.assignment_next(campaign=campaign, annotator=request.user)
-        return Response(
-            {
-                "assignment": assignment_out(assignment) if assignment else None,
-                "progress": selectors.annotator_progress(campaign=campaign, annotator=request.user),
-            }
-        )
+        return Response(next_out(_campaign(slug, request.user), request.user))
+
+
+def next_out(campaign: Campaign, user) -> dict:
+    """Lease the next comparison (``services.assignment_next``): next's answer (``NextOut``)."""
+    assignment = services.assignment_next(campaign=campaign, annotator=user)
+    return {
+        "assignment": assignment_out(assignment) if assignment else None,
+        "progress": selectors.annotator_progress(campaign=campaign, annotator=user),
+    }
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false (JSON; "true" / "false" in a form) and nothing else: DRF's BooleanField also
+    takes "0", "yes", "on"..., which the schema's boolean does not."""
+
+    def to_internal_value(self, data):
+        if type(data) is bool:
+            return data
+        if data in ("true", "false"):
+            return data == "true"
+        self.fail("invalid", input=data)
+
+
+class StrictCharField(serializers.CharField):
+    """A string and nothing else: DRF's CharField also turns a number into its text."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class VoteIn(serializers.Serializer):
     choice = serializers.ChoiceField(choices=Choice.choices, help_text="In shown terms: a = the left / first response.")
     strength = serializers.ChoiceField(choices=Strength.choices, required=False, allow_blank=True, default="")
-    rationale = serializers.CharField(required=False, allow_blank=True, default="", max_length=MAX_RATIONALE_CHARS, trim_whitespace=True)
+    rationale = StrictCharField(required=False, allow_blank=True, default="", max_length=MAX_RATIONALE_CHARS, trim_whitespace=True)
     seconds_spent = serializers.FloatField(required=False, allow_null=True, default=None, min_value=0, max_value=MAX_SECONDS_SPENT)
+    next = StrictBooleanField(
+        required=False, default=False,
+        help_text="true: once the vote is stored, lease your next comparison of the campaign and answer it as `next` "
+        "(one request per comparison instead of two).",
+    )
 
 
 class VoteSubmitOut(serializers.Serializer):
     vote_id = serializers.IntegerField()
     created = serializers.BooleanField()
     detail = serializers.CharField()
+    next = NextOut(
+        required=False, allow_null=True,
+        help_text="Only when the vote asked for it (`next: true`): what `POST /api/campaigns/{slug}/next/` answers "
+        "(`assignment` null when nothing is left for you). null when no lease could be made (the campaign is "
+        "no longer open to you): the vote is stored all the same; call next for the reason.",
+    )
 
 
 class VoteSubmitApi(APIView):
@@ -203,17 +237,22 @@ class VoteSubmitApi(APIView):
         request=VoteIn,
         responses={201: VoteSubmitOut, 200: VoteSubmitOut},
         summary="Vote on a leased comparison",
-        description="Idempotent: submitting the same vote again answers 200 with created=false.",
+        description="Idempotent: submitting the same vote again answers 200 with created=false. With `next: true` "
+        "the answer also holds your next lease (`next`, the shape of next's answer): one request per comparison.",
     )
     def post(self, request, assignment_id: int):
         data = VoteIn(data=request.data)
         data.is_valid(raise_exception=True)
+        want_next = data.validated_data.pop("next")
         result = services.vote_submit(annotator=request.user, assignment_id=assignment_id, **data.validated_data)
         detail = "Vote recorded." if result.created else "This vote was already recorded; nothing changed."
-        return Response(
-            {"vote_id": result.vote.pk, "created": result.created, "detail": detail},
-            status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK,
-        )
+        body = {"vote_id": result.vote.pk, "created": result.created, "detail": detail}
+        if want_next:  # after the vote's commit: the vote stands whatever the lease does
+            try:
+                body["next"] = next_out(result.campaign, request.user)
+            except ApplicationError:
+                body["next"] = None
+        return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
 
 class SkipIn(serializers.Serializer):

@@ -25,7 +25,7 @@ UPLOAD_SUFFIXES = ("/prompts/import/", "/preferences/import/")
 WORDS = {
     400: "Invalid input (the error's details name the field)",
     401: "Not authenticated: no or bad credentials",
-    403: "Not allowed (also: no credentials, while session authentication comes first)",
+    403: "Not allowed (also: a session's unsafe call without its CSRF token)",
     404: "Not found (or not visible to you)",
     409: "Conflict with the current state (lease expired, comparison closed, already voted)",
     411: "Length required: send the upload with a Content-Length header",

@@ -2,16 +2,18 @@
 per-call latency percentiles, errors, and after every run the check that the database holds
 exactly the acknowledged votes (no duplicates, no comparison over its overlap).
 
-- Server: gunicorn as docker-compose runs it (``webapp.wsgi``, production settings,
-  ``--workers 4`` sync by default; ``--worker-class gthread --threads T`` to compare).
+- Server: gunicorn as docker-compose runs it (``webapp.wsgi``, production settings, the pool of
+  PREFLOOP_DB_POOL_SIZE connections per process; ``--workers 4 --worker-class gthread --threads 4``
+  by default, as webapp/gunicorn.conf.py; ``--worker-class sync`` to compare).
 - Load: locust (FastHttpUser, gevent) in its own process, N annotators with their own API
   tokens, zero think time, looping ``POST next`` -> ``POST vote`` until the campaign runs dry
-  (or ``--max-seconds``); ``--pace S``: each annotator does one cycle every ~S seconds
+  (or ``--max-seconds``); ``--combined``: one request per cycle, each vote asking for the next
+  lease (``"next": true``); ``--pace S``: each annotator does one cycle every ~S seconds
   (exponential think time), for ``--pace-seconds``.
 - Data: per run a new campaign (votes_per_pair 3) of ``--comparisons`` pairs and N new members.
 
     python benchmarks/annotator_load.py [--quick] [--users 1,10,50,100] [--comparisons 2000]
-        [--pace-users 1000 --pace 5] [--worker-class sync|gthread] [--workers 4] [--threads 4]
+        [--pace-users 1000 --pace 5] [--worker-class sync|gthread] [--workers 4] [--threads 4] [--combined]
         [--db postgres://postgres@127.0.0.1:5432/prefloop_load]
 
 Last line: ``RESULT cycles_per_s_n1=... cycles_per_s_n100=... errors=... lost_votes=...``.
@@ -42,10 +44,13 @@ BROKER = "redis://127.0.0.1:6379/9"
 # ---------------------------------------------------------------- the load generator (child process)
 
 
-def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: float, retry: bool = False) -> dict:
+def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: float, retry: bool = False,
+          combined: bool = False) -> dict:
     """Locust users in this process; returns counts, acknowledged vote ids and latencies.
     ``retry``: an error (a refused connection, a 5xx while a fault is injected) is counted and
-    the annotator tries again after 0.2 s, as a person would, instead of stopping."""
+    the annotator tries again after 0.2 s, as a person would, instead of stopping.
+    ``combined``: one request per cycle, the vote asking for the next lease (``"next": true``);
+    ``next`` is called only for the first lease (and after a vote that brought none)."""
     import gevent
     from locust import FastHttpUser, constant, events, task
     from locust.env import Environment
@@ -66,25 +71,34 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
         def on_start(self):
             self.token = queue.pop()
             self.headers = {"Authorization": f"Token {self.token}"}
+            self.item = self.done = None
 
         @task
         def cycle(self):
-            with self.client.post(f"/api/campaigns/{slug}/next/", headers=self.headers, name="next", catch_response=True) as r:
-                if r.status_code != 200:
-                    errors.append(f"next {r.status_code} {(r.text or '')[:200]}")
-                    r.failure(f"status {r.status_code}")
-                    return self.failed()
-                item = r.json()["assignment"]
-            if item is None:
+            if self.done:
                 raise StopUser()
-            body = {"choice": rng.choice(["a", "b", "tie", "both_bad"]), "seconds_spent": 1.0}
-            with self.client.post(f"/api/assignments/{item['id']}/vote/", json=body, headers=self.headers, name="vote",
-                                  catch_response=True) as v:
+            item, self.item = self.item, None
+            if item is None:
+                with self.client.post(f"/api/campaigns/{slug}/next/", headers=self.headers, name="next", catch_response=True) as r:
+                    if r.status_code != 200:
+                        errors.append(f"next {r.status_code} {(r.text or '')[:200]}")
+                        r.failure(f"status {r.status_code}")
+                        return self.failed()
+                    item = r.json()["assignment"]
+                if item is None:
+                    raise StopUser()
+            body = {"choice": rng.choice(["a", "b", "tie", "both_bad"]), "seconds_spent": 1.0, **({"next": True} if combined else {})}
+            with self.client.post(f"/api/assignments/{item['id']}/vote/", json=body, headers=self.headers,
+                                  name="vote+next" if combined else "vote", catch_response=True) as v:
                 if v.status_code not in (200, 201):
                     errors.append(f"vote {v.status_code} {(v.text or '')[:200]}")
                     v.failure(f"status {v.status_code}")
                     return self.failed()
-                acknowledged.append(v.json()["vote_id"])
+                answer = v.json()
+                acknowledged.append(answer["vote_id"])
+                if combined and answer.get("next"):
+                    self.item = answer["next"]["assignment"]
+                    self.done = self.item is None
             cycles[0] += 1
 
         def failed(self):
@@ -105,8 +119,10 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
     elapsed = time.perf_counter() - t0
     runner.quit()
     stats = {}
-    for name in ("next", "vote"):
+    for name in ("next", "vote", "vote+next"):
         s = env.stats.get(name, "POST")
+        if not s.num_requests:
+            continue
         stats[name] = {"n": s.num_requests, "failures": s.num_failures,
                        **{f"p{q}": s.get_response_time_percentile(q / 100) for q in (50, 95, 99)}}
     return {"cycles": cycles[0], "elapsed_s": elapsed, "acknowledged": acknowledged, "errors": errors[:10],
@@ -196,15 +212,17 @@ def main() -> None:
     ap.add_argument("--pace-seconds", type=float, default=60.0)
     ap.add_argument("--max-seconds", type=float, default=300.0)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--worker-class", default="sync", choices=["sync", "gthread"])
+    ap.add_argument("--worker-class", default="gthread", choices=["sync", "gthread"])
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--db", default=DEFAULT_DB)
+    ap.add_argument("--combined", action="store_true",
+                    help="one request per cycle: each vote asks for the next lease (\"next\": true)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     harness.add_arguments(ap, repeats=1)
     args = ap.parse_args()
     if args.child:
         host, tokens, slug, max_s, pace, *retry = args.child
-        harness.child_report(child(host, tokens, slug, float(max_s), float(pace), retry=bool(retry)))
+        harness.child_report(child(host, tokens, slug, float(max_s), float(pace), retry=bool(retry), combined=args.combined))
         return
     if args.quick:
         args.users, args.comparisons, args.pace_users, args.pace_seconds = "1,10", 300, 100, 20.0
@@ -227,23 +245,23 @@ def main() -> None:
                 slug, tokens = make_run(n, pairs)
                 tokens_file = Path(tmp) / f"{slug}.json"
                 tokens_file.write_text(json.dumps(tokens))
-                r = harness.run_child(__file__, ["--child", f"http://127.0.0.1:{port}", str(tokens_file), slug, str(max_s), str(pace)],
-                                      cwd=str(ROOT))
+                r = harness.run_child(__file__, ["--child", f"http://127.0.0.1:{port}", str(tokens_file), slug, str(max_s), str(pace),
+                                                 *(["--combined"] if args.combined else [])], cwd=str(ROOT))
                 c = check(slug, r["acknowledged"])
                 lost += c["lost"]
                 unacked += c["unacknowledged_stored"]
                 errors += r["n_errors"]
                 rate = r["cycles"] / r["elapsed_s"]
                 label = f"N={n}" + (f" paced {pace:g}s" if pace else "")
-                print(f"{label:<16} {rate:7.1f} cycles/s  next p50/p95/p99 {r['calls']['next']['p50']:.0f}/{r['calls']['next']['p95']:.0f}/"
-                      f"{r['calls']['next']['p99']:.0f} ms  vote {r['calls']['vote']['p50']:.0f}/{r['calls']['vote']['p95']:.0f}/"
-                      f"{r['calls']['vote']['p99']:.0f} ms  errors {r['n_errors']}  stored {c['stored']} = acknowledged "
-                      f"{c['acknowledged']}: {c['lost'] == 0 and c['unacknowledged_stored'] == 0}  over overlap {c['over_overlap']}  "
-                      f"duplicates {c['duplicates']}" + (f"  first errors {r['errors'][:2]}" if r["errors"] else ""), flush=True)
+                calls = "  ".join(f"{name} {st['p50']:.0f}/{st['p95']:.0f}/{st['p99']:.0f} ms" for name, st in r["calls"].items())
+                print(f"{label:<16} {rate:7.1f} cycles/s  p50/p95/p99: {calls}  errors {r['n_errors']}  stored {c['stored']} = "
+                      f"acknowledged {c['acknowledged']}: {c['lost'] == 0 and c['unacknowledged_stored'] == 0}  over overlap "
+                      f"{c['over_overlap']}  duplicates {c['duplicates']}" + (f"  first errors {r['errors'][:2]}" if r["errors"] else ""),
+                      flush=True)
                 key = f"n{n}" + ("_paced" if pace else "")
                 fields[f"cycles_per_s_{key}"] = round(rate, 1)
                 if pace:
-                    fields[f"p99_ms_{key}"] = max(r["calls"]["next"]["p99"], r["calls"]["vote"]["p99"])
+                    fields[f"p99_ms_{key}"] = max(st["p99"] for st in r["calls"].values())
         finally:
             proc.terminate()
             proc.wait(timeout=30)

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Start web + Celery worker (default, gpu and serve queues) + beat, print where to log in, stop all on Ctrl-C.
+# The web server is the production one (gunicorn, webapp/gunicorn.conf.py) with the local settings; on
+# the embedded SQLite default one process with threads (SQLite serialises writes anyway).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -18,8 +20,11 @@ cat <<MSG
   API docs:             http://127.0.0.1:${PORT}/api/docs/
   Database:             ${db}
   Worker log:           var/worker.log      (Ctrl-C stops everything)
+  Web server:           gunicorn, access log var/web-access.log
   Pairs:                sampled from the embedded SmolLM2-135M-Instruct; the worker keeps
                         20 open (about 40 tokens/s on a 2-core CPU, so it fills in a few minutes)
 
 MSG
-$PY manage.py runserver "127.0.0.1:${PORT}" --noreload
+if [ -z "${DATABASE_URL:-}" ]; then workers=1; else workers=${WEB_WORKERS:-2}; fi
+DJANGO_SETTINGS_MODULE=${DJANGO_SETTINGS_MODULE:-webapp.settings.local} WEB_BIND="127.0.0.1:${PORT}" WEB_WORKERS=$workers \
+    WEB_ACCESS_LOG=${WEB_ACCESS_LOG:-var/web-access.log} $PY -m gunicorn -c webapp/gunicorn.conf.py webapp.wsgi:application

@@ -8,7 +8,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from annotation.models import Preference, Prompt, Vote
+from annotation.models import Assignment, Campaign, Preference, Prompt, Vote
 from tests.factories import CampaignFactory, ComparisonFactory, PromptFactory, ResponseFactory
 
 
@@ -79,7 +79,10 @@ def test_vote_errors_have_one_shape(api, campaign, comparisons, annotators):
     c0.post(f"/api/assignments/{a['id']}/vote/", {"choice": "a"}, format="json")
     assert_error(c0.post(f"/api/assignments/{a['id']}/vote/", {"choice": "b"}, format="json"), 409, "already_voted")
     assert_error(c0.post("/api/campaigns/nope/next/"), 404, "not_found")
-    assert_error(APIClient().post("/api/campaigns/c1/next/"), 403, "not_authenticated")
+    # No credentials: 401 with the scheme to use (token authentication comes first), as the schema says.
+    anonymous = APIClient().post("/api/campaigns/c1/next/")
+    assert_error(anonymous, 401, "not_authenticated")
+    assert anonymous.headers["WWW-Authenticate"] == "Token"
 
 
 def test_skip_via_api(api, campaign, comparisons, annotator):
@@ -150,7 +153,9 @@ def test_token_auth(campaign, comparisons, annotator):
     c.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     assert c.post("/api/campaigns/c1/next/").status_code == 200
     c.credentials(HTTP_AUTHORIZATION="Token wrong")
-    assert_error(c.post("/api/campaigns/c1/next/"), 403, "authentication_failed")
+    bad = c.post("/api/campaigns/c1/next/")
+    assert_error(bad, 401, "authentication_failed")
+    assert bad.headers["WWW-Authenticate"] == "Token"
 
 
 def test_schema_and_docs(api, annotator):
@@ -161,3 +166,52 @@ def test_schema_and_docs(api, annotator):
     assert "/api/campaigns/{slug}/next/" in paths and "/api/assignments/{assignment_id}/vote/" in paths
     docs = c.get("/api/docs/")
     assert docs.status_code == 200 and b"cdn" not in docs.content.lower()
+
+
+def test_a_vote_can_bring_the_next_lease(api, campaign, comparisons, annotator):
+    """``"next": true``: the vote's answer holds what next answers (a real lease: next then returns
+    it as the one held), in the same shape; without it the answer is as before."""
+    from tests.test_gold_blind import shape
+
+    c = api(annotator)
+    first = c.post("/api/campaigns/c1/next/").json()
+    r = c.post(f"/api/assignments/{first['assignment']['id']}/vote/", {"choice": "a", "next": True}, format="json")
+    assert r.status_code == 201 and r.json()["created"] and Vote.objects.filter(pk=r.json()["vote_id"]).exists()
+    nxt = r.json()["next"]
+    assert shape(nxt) == shape(first) and nxt["assignment"]["id"] != first["assignment"]["id"]
+    assert nxt["progress"] == {"done": 1, "skipped": 0, "remaining": first["progress"]["remaining"] - 1}
+    lease = Assignment.objects.get(pk=nxt["assignment"]["id"])
+    assert lease.annotator == annotator and lease.state == Assignment.State.ACTIVE
+    assert c.post("/api/campaigns/c1/next/").json() == nxt  # the lease held: next hands the same one
+    plain = c.post(f"/api/assignments/{lease.pk}/vote/", {"choice": "b"}, format="json").json()
+    assert set(plain) == {"vote_id", "created", "detail"}
+    again = c.post(f"/api/assignments/{lease.pk}/vote/", {"choice": "b", "next": True}, format="json")  # idempotent
+    assert again.status_code == 200 and not again.json()["created"] and again.json()["next"]["assignment"] is not None
+
+
+def test_a_vote_asking_for_the_next_lease_is_stored_when_none_is_left(api, db, annotators):
+    from tests.factories import CampaignFactory, ComparisonFactory
+
+    CampaignFactory(slug="one", votes_per_pair=1, members=annotators[:1])
+    comparison = ComparisonFactory(campaign=Campaign.objects.get(slug="one"))
+    c = api(annotators[0])
+    lease = c.post("/api/campaigns/one/next/").json()["assignment"]
+    r = c.post(f"/api/assignments/{lease['id']}/vote/", {"choice": "a", "next": True}, format="json")
+    assert r.status_code == 201
+    assert r.json()["next"] == {"assignment": None, "progress": {"done": 1, "skipped": 0, "remaining": 0}}
+    assert Vote.objects.get(pk=r.json()["vote_id"]).comparison == comparison
+    # The campaign was closed meanwhile: the vote stands, ``next`` is null (next itself says why).
+    two = CampaignFactory(slug="two", votes_per_pair=1, members=annotators[:1])
+    ComparisonFactory(campaign=two), ComparisonFactory(campaign=two)
+    lease = c.post("/api/campaigns/two/next/").json()["assignment"]
+    Campaign.objects.filter(slug="two").update(is_active=False)
+    r = c.post(f"/api/assignments/{lease['id']}/vote/", {"choice": "b", "next": True}, format="json")
+    assert r.status_code == 201 and r.json()["next"] is None and Vote.objects.filter(pk=r.json()["vote_id"]).exists()
+
+
+def test_the_schema_documents_the_vote_that_brings_the_next_lease(api, annotator):
+    schema = api(annotator).get("/api/schema/?format=json").json()
+    components = schema["components"]["schemas"]
+    assert "next" in components["VoteInRequest"]["properties"]
+    assert components["VoteSubmitOut"]["properties"]["next"]["allOf"][0]["$ref"].endswith("/NextOut") or \
+        components["VoteSubmitOut"]["properties"]["next"].get("$ref", "").endswith("/NextOut")

@@ -1,8 +1,8 @@
 """Access as one table: every API endpoint and page x role (anonymous, annotator of this
 campaign, annotator of another campaign, reviewer, admin). A cell is "allowed" (past
 authentication and authorization: any status but 401/403, never a 5xx; a 404 only where the
-id asked for does not exist) or "denied" (401/403, or 404 where a campaign the user may not see
-is hidden; pages: the login redirect for anonymous users). Requests that consume something
+id asked for does not exist) or "denied" (403, or 404 where a campaign the user may not see
+is hidden; anonymous: 401 from the API, as its schema says, the login redirect from pages). Requests that consume something
 (a vote, a skip) run the denied roles first."""
 
 import pytest
@@ -88,7 +88,7 @@ def _check(cell: str, role: str, allowed: bool, status: int, *, page: bool, loca
     if allowed:
         ok = status not in (401, 403) and not (page and status == 302 and "login" in location)
     elif role == "anonymous":
-        ok = (status == 302 and "login" in location) if page else status in (401, 403)
+        ok = (status == 302 and "login" in location) if page else status == 401
     else:
         ok = status in (403, 404) or (page and status == 302 and "login" in location)
     return None if ok else f"{cell} as {role}: {status} {location} ({'allowed' if allowed else 'denied'} expected)"
@@ -124,6 +124,22 @@ def test_every_endpoint_by_role(people):
                                   location=r.headers.get("Location", ""))):
                 wrong.append(problem)
     assert not wrong, "\n".join(wrong)
+
+
+def test_unauthenticated_api_calls_answer_401_and_session_posts_need_csrf(people):
+    """401 with WWW-Authenticate (token authentication comes first) for no or bad credentials; a
+    browser's session still works, its unsafe calls only with the CSRF token."""
+    for headers in ({}, {"HTTP_AUTHORIZATION": "Token nope"}):
+        r = Client().post("/api/campaigns/c1/next/", **headers)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Token", r.content
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(people[M])
+    assert browser.get("/api/campaigns/").status_code == 200
+    refused = browser.post("/api/campaigns/c1/next/")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["error"]["message"]
+    browser.get("/annotate/c1/")  # sets the CSRF cookie, as the annotator page does
+    token = browser.cookies["csrftoken"].value
+    assert browser.post("/api/campaigns/c1/next/", HTTP_X_CSRFTOKEN=token).status_code == 200
 
 
 def test_an_annotator_never_sees_another_campaign_in_a_listing(people):

@@ -86,6 +86,46 @@ def test_a_removed_member_cannot_vote_or_skip_and_the_slot_returns(api, db, anno
     assert api(first).get("/api/campaigns/solo/").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_member_removed_while_their_next_runs_keeps_no_live_lease(monkeypatch):
+    """An admin removes the annotator after ``next`` checked the membership but before it leased:
+    the removal waits for the lease's transaction (the membership row is locked in it) and then
+    ends that lease with the others; it never leaves a live lease to someone no longer a member."""
+    import threading
+
+    from django.db import connection
+
+    from annotation.services import assignment
+
+    campaign = CampaignFactory(slug="race", votes_per_pair=1)
+    ComparisonFactory(campaign=campaign)
+    member = UserFactory(role=roles.ANNOTATOR)
+    services.campaign_members_add(campaign=campaign, users=[member])
+    real, removal = assignment._lock_candidate, {}
+
+    def remove():
+        try:
+            removal["removed"] = services.campaign_members_remove(campaign=campaign, users=[member])
+        finally:
+            connection.close()
+
+    def lock_candidate_while_removed(**kwargs):
+        if "thread" not in removal:  # the admin acts now; give the removal a second to go through
+            removal["thread"] = threading.Thread(target=remove)
+            removal["thread"].start()
+            removal["thread"].join(timeout=1)
+        return real(**kwargs)
+
+    monkeypatch.setattr(assignment, "_lock_candidate", lock_candidate_while_removed)
+    try:
+        services.assignment_next(campaign=campaign, annotator=member)
+    except NotFound:
+        pass  # the removal went first: nothing handed out
+    removal["thread"].join(timeout=30)
+    assert removal["removed"] == 1
+    assert not Assignment.objects.filter(annotator=member, state=Assignment.State.ACTIVE).exists()
+
+
 def test_membership_services_are_idempotent(db, annotators, admin_user):
     campaign = CampaignFactory()
     assert services.campaign_members_add(campaign=campaign, users=annotators[:2], added_by=admin_user) == 2

@@ -59,7 +59,7 @@ def test_roles(api, campaign, annotator, reviewer, admin_user, base):
     assert_error(start(api(annotator), kind="sft"), 403, "permission_denied")
     assert_error(start(api(reviewer), kind="sft"), 403, "permission_denied")
     assert_error(api(reviewer).post(f"/api/training-runs/{run.pk}/cancel/"), 403, "permission_denied")
-    assert_error(api().get("/api/training-runs/"), 403, "not_authenticated")
+    assert_error(api().get("/api/training-runs/"), 401, "not_authenticated")
     assert TrainingRun.objects.count() == 1
 
 

@@ -1,4 +1,10 @@
-"""Fair assignment: leasing comparisons to annotators, skips and lease expiry."""
+"""Fair assignment: leasing comparisons to annotators, skips and lease expiry.
+
+A lease is a few statements in one transaction (``assignment_next``): lock the membership (and
+read a lease already held), lock a candidate comparison (SELECT ... FOR UPDATE SKIP LOCKED, with
+what the lease is shown with), then one INSERT ... SELECT that re-checks the candidate in a fresh
+statement, which sees every hand-out committed before our lock, and leases it only if it still
+has a free slot."""
 
 from __future__ import annotations
 
@@ -7,16 +13,18 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from django.db.models import Q
+from django.db import connection, transaction
+from django.db.models import DateTimeField, Exists, F, IntegerField, OuterRef, Q, Subquery, TextField, Value
 from django.utils import timezone
 
 from annotation.errors import Conflict, Forbidden, InvalidInput, NotFound
 from annotation.limits import MAX_SKIP_REASON_CHARS
-from annotation.models import Assignment, Campaign, Comparison
-from annotation.selectors import campaign_open_to, comparisons_open_to
+from annotation.models import Assignment, Campaign, CampaignMembership, Comparison, GuidelineVersion, Prompt, Response
+from annotation.prepared import Prepared
+from annotation.selectors import comparisons_open_to, sees_every_campaign
 
 _rng = random.SystemRandom()
+_SHOWN = ("prompt", "response_a", "response_b")  # what a lease is shown with
 
 
 def _live_leases(now: datetime):
@@ -31,24 +39,21 @@ def _gold_due(*, campaign: Campaign, annotator: AbstractBaseUser) -> bool:
     return _rng.random() < campaign.gold_rate
 
 
-def _candidates(*, campaign: Campaign, annotator: AbstractBaseUser, kind: str, now: datetime, exclude: set[int]):
-    qs = comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
-    return qs.exclude(pk__in=exclude).order_by("vote_count", "pk")
+def _held(*, campaign, annotator, now):
+    """``annotator``'s live leases in ``campaign`` (either: an object or its id)."""
+    return Assignment.objects.filter(_live_leases(now), annotator=annotator, comparison__campaign=campaign).order_by("leased_at")
 
 
-def _has_free_slot(*, comparison_id: int, annotator: AbstractBaseUser, now: datetime) -> Comparison | None:
-    """Re-check a locked candidate in fresh statements: see every hand-out committed before our lock."""
-    # with what the lease is shown with (prompt, both responses): no further query to answer it
-    comparison = Comparison.objects.select_related("prompt", "response_a", "response_b").get(pk=comparison_id)
-    if comparison.status != Comparison.Status.OPEN:
-        return None
-    if Assignment.objects.filter(comparison=comparison, annotator=annotator).exists():
-        return None
-    if comparison.kind == Comparison.Kind.NORMAL:
-        live = Assignment.objects.filter(_live_leases(now), comparison=comparison).count()
-        if comparison.vote_count + live >= comparison.votes_required:
-            return None
-    return comparison
+# (member, id of the lease already held) in one statement that locks the membership row until
+# the lease commits: an admin removing the member meanwhile waits for it, and then ends the new
+# lease with the others (``campaign_members_remove``), or removes first and we see no row.
+_MEMBER_HELD = Prepared(
+    lambda campaign, annotator, now: CampaignMembership.objects.select_for_update(no_key=True)
+    .filter(campaign=campaign, user_id=annotator)
+    .annotate(held=Subquery(_held(campaign=campaign, annotator=annotator, now=now).values("pk")[:1]))
+    .values_list("held"),
+    campaign=int, annotator=int, now=datetime,
+)
 
 
 def assignment_next(
@@ -59,61 +64,168 @@ def assignment_next(
     Fewest votes first; never the same comparison twice to one annotator; never more live
     leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate while
     a normal item is open to the annotator (their progress counts both: ``annotator_progress``).
-    Only a campaign's members (and reviewers and admins) work in it.
+    Only a campaign's members (and reviewers and admins) work in it; the membership is checked
+    and locked inside the lease's transaction.
     PostgreSQL: candidates are locked with SELECT ... FOR UPDATE SKIP LOCKED so concurrent
     annotators take different rows instead of queueing. SQLite: transactions are IMMEDIATE
     (settings), so hand-outs are serialised.
     """
     now = now or timezone.now()
-    if not campaign_open_to(campaign=campaign, user=annotator):
-        # 404, like an unknown slug (the API answers the same before reaching here): a campaign
-        # someone is not a member of does not exist for them, so slugs cannot be probed.
-        raise NotFound(f"No campaign '{campaign.slug}'.")
-    if not campaign.is_active:
-        raise Conflict(f"Campaign '{campaign.slug}' is not active.")
+    staff = sees_every_campaign(annotator)
     with transaction.atomic():
-        held = (
-            Assignment.objects.filter(_live_leases(now), annotator=annotator, comparison__campaign=campaign)
-            .select_related("comparison__prompt", "comparison__response_a", "comparison__response_b", "guideline_version")
-            .order_by("leased_at")
-            .first()
-        )
-        if held:  # a reload or a second tab gets the lease it already holds
-            return held
-        # Gold only beside normal work: with no normal item left for this annotator nothing is
-        # handed out (their counter reads 0 then: ``annotator_progress``), so "nothing left" never
-        # hides gold, and gold is not used up in one run whenever a batch runs dry.
-        comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=Comparison.Kind.NORMAL, now=now)
-        if comparison is None:
-            return None
-        if campaign.gold_rate > 0 and _gold_due(campaign=campaign, annotator=annotator):
-            comparison = _lock_candidate(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD, now=now) or comparison
-        guideline = campaign.guidelines.order_by("-version").first()
-        return Assignment.objects.create(
-            comparison=comparison,
-            annotator=annotator,
-            order=secrets.choice(Assignment.Order.values),
-            guideline_version=guideline,
-            leased_at=now,
-            expires_at=now + timedelta(minutes=campaign.lease_minutes),
-        )
+        if staff:
+            held_id = -1
+        else:
+            rows = _MEMBER_HELD.rows(campaign=campaign.pk, annotator=annotator.pk, now=now)
+            if not rows:
+                # 404, like an unknown slug (the API answers the same before reaching here): a campaign
+                # someone is not a member of does not exist for them, so slugs cannot be probed.
+                raise NotFound(f"No campaign '{campaign.slug}'.")
+            held_id = rows[0][0]
+        if not campaign.is_active:
+            raise Conflict(f"Campaign '{campaign.slug}' is not active.")
+        if held_id is not None:  # a reload or a second tab gets the lease it already holds
+            held = (_held(campaign=campaign, annotator=annotator, now=now)
+                    .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
+            if held:
+                return held
+        return _lease(campaign=campaign, annotator=annotator, now=now)
 
 
-def _lock_candidate(*, campaign, annotator, kind, now) -> Comparison | None:
-    rejected: set[int] = set()
-    while True:
-        qs = _candidates(campaign=campaign, annotator=annotator, kind=kind, now=now, exclude=rejected)
-        pk = qs.select_for_update(skip_locked=True, of=("self",)).values_list("pk", flat=True).first()
-        if pk is None:
-            # Everything left may only be locked for a moment by another hand-out or vote:
-            # wait for one such row instead of answering "nothing left" too early.
-            pk = qs.select_for_update(of=("self",)).values_list("pk", flat=True).first()
-        if pk is None:
-            return None
-        comparison = _has_free_slot(comparison_id=pk, annotator=annotator, now=now)
-        if comparison:
-            return comparison
-        rejected.add(pk)  # filled between our snapshot and our lock: try the next one
+def _lease(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime) -> Assignment | None:
+    # Gold only beside normal work: with no normal item left for this annotator nothing is
+    # handed out (their counter reads 0 then: ``annotator_progress``), so "nothing left" never
+    # hides gold, and gold is not used up in one run whenever a batch runs dry.
+    rejected: list[int] = []
+    gold_due = campaign.gold_rate > 0 and _gold_due(campaign=campaign, annotator=annotator)
+    while (normal := _lock_candidate(campaign=campaign, annotator=annotator, now=now, exclude=rejected)) is not None:
+        if gold_due:
+            gold_due = False  # one try per hand-out: a gold item not leased below leaves the normal one
+            gold_rejected: list[int] = []
+            while (gold := _lock_candidate(campaign=campaign, annotator=annotator, now=now, exclude=gold_rejected,
+                                           beside=normal.pk)) is not None:
+                if (lease := _lease_insert(campaign=campaign, annotator=annotator, comparison=gold, now=now)):
+                    return lease
+                gold_rejected.append(gold.pk)
+        if (lease := _lease_insert(campaign=campaign, annotator=annotator, comparison=normal, now=now)):
+            return lease
+        rejected.append(normal.pk)  # filled between our snapshot and our lock: try the next one
+    return None
+
+
+_CANDIDATE = ("pk", "campaign_id", "prompt_id", "response_a_id", "response_b_id", "kind", "gold_answer", "status",
+              "votes_required", "vote_count", "prompt__messages", "response_a__text", "response_b__text",
+              "guideline_id", "guideline_number", "guideline_text")
+
+
+def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_locked=True):
+    """The first comparison open to ``annotator`` (fewest votes first, then lowest id), locked,
+    with what it is shown with and the campaign's current guideline (``guideline_*``): the lock in
+    a subquery that sorts ids only, the rest joined to the one row it returns. ``beside`` (gold):
+    the normal candidate locked before, still open to them, checked in the same statement.
+    ``vote_count`` and ``status`` are as of the statement's snapshot: ``_lease_insert`` re-checks."""
+    kind = Comparison.Kind.NORMAL if beside is None else Comparison.Kind.GOLD
+    qs = comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
+    if exclude:
+        qs = qs.exclude(pk__in=exclude)
+    if beside is not None:
+        qs = qs.filter(Exists(comparisons_open_to(campaign=campaign, annotator=annotator, now=now).filter(pk=beside)))
+    locked = qs.order_by("vote_count", "pk").values("pk")[:1].select_for_update(skip_locked=skip_locked, of=("self",))
+    guideline = GuidelineVersion.objects.filter(campaign=OuterRef("campaign")).order_by("-version")[:1]
+    return Comparison.objects.filter(pk__in=Subquery(locked)).annotate(
+        guideline_id=Subquery(guideline.values("pk"), output_field=IntegerField()),
+        guideline_number=Subquery(guideline.values("version"), output_field=IntegerField()),
+        guideline_text=Subquery(guideline.values("text"), output_field=TextField()),
+    ).values_list(*_CANDIDATE)[:1]
+
+
+_CANDIDATES = {
+    (gold, skip): Prepared(
+        (lambda campaign, annotator, now, beside, skip=skip: _candidate_query(
+            campaign=campaign, annotator=annotator, now=now, beside=beside, skip_locked=skip)) if gold else
+        (lambda campaign, annotator, now, skip=skip: _candidate_query(campaign=campaign, annotator=annotator, now=now, skip_locked=skip)),
+        campaign=int, annotator=int, now=datetime, **({"beside": int} if gold else {}),
+    )
+    for gold in (False, True) for skip in (True, False)
+}
+
+
+def _lock_candidate(*, campaign, annotator, now, exclude, beside=None) -> Comparison | None:
+    """Lock and read the next candidate (``_candidate_query``): skipping locked rows, and when
+    that finds none, waiting for one (everything left may be locked only for a moment by another
+    hand-out or vote: not "nothing left" too early). Compiled once (``Prepared``) unless a
+    candidate was rejected in this hand-out already (rare: a race lost)."""
+    for skip in (True, False):
+        if exclude:
+            rows = list(_candidate_query(campaign=campaign, annotator=annotator, now=now, exclude=exclude, beside=beside,
+                                         skip_locked=skip))
+        else:
+            more = {} if beside is None else {"beside": beside}
+            rows = _CANDIDATES[beside is not None, skip].rows(campaign=campaign.pk, annotator=annotator.pk, now=now, **more)
+        if rows:
+            return _shown(dict(zip(_CANDIDATE, rows[0])))
+    return None
+
+
+def _from_db(model, **values):
+    """An instance of ``model`` with these fields read from the database (the others deferred)."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
+
+
+def _shown(row: dict) -> Comparison:
+    comparison = _from_db(Comparison, **{f if f != "pk" else "id": row[f] for f in _CANDIDATE[:10]})
+    comparison.prompt = _from_db(Prompt, id=row["prompt_id"], messages=row["prompt__messages"])
+    comparison.response_a = _from_db(Response, id=row["response_a_id"], text=row["response_a__text"])
+    comparison.response_b = _from_db(Response, id=row["response_b_id"], text=row["response_b__text"])
+    comparison.guideline = None
+    if row["guideline_id"] is not None:
+        comparison.guideline = _from_db(GuidelineVersion, id=row["guideline_id"], campaign_id=row["campaign_id"],
+                                        version=row["guideline_number"], text=row["guideline_text"])
+    return comparison
+
+
+_LEASE_COLUMNS = ("comparison_id", "annotator_id", "order", "state", "guideline_version_id", "leased_at", "expires_at", "skip_reason")
+
+
+def _insert_query(*, campaign, annotator, now, comparison, order, guideline, expires_at, kind):
+    """INSERT ... SELECT: the lease of ``comparison`` if this fresh statement (it sees every
+    hand-out committed before our lock) still finds it open to ``annotator`` with a free slot."""
+    values = {
+        "comparison_id": F("pk"), "annotator_id": Value(annotator), "order": Value(order),
+        "state": Value(Assignment.State.ACTIVE), "guideline_version_id": Value(guideline, IntegerField()),
+        "leased_at": Value(now, DateTimeField()), "expires_at": Value(expires_at, DateTimeField()), "skip_reason": Value(""),
+    }
+    select = (comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
+              .filter(pk=comparison).order_by().annotate(**{f"v_{k}": v for k, v in values.items()})
+              .values_list(*(f"v_{k}" for k in values)))
+    qn = connection.ops.quote_name
+    # ON CONFLICT: a second tab of a reviewer or admin (no membership row to serialise on) won the race.
+    return select, (f"INSERT INTO {qn(Assignment._meta.db_table)} ({', '.join(qn(c) for c in _LEASE_COLUMNS)}) {{select}} "
+                    f"ON CONFLICT DO NOTHING RETURNING {qn('id')}")
+
+
+_INSERTS = {
+    kind: Prepared(lambda kind=kind, **inputs: _insert_query(kind=kind, **inputs), campaign=int, annotator=int, now=datetime,
+                   comparison=int, order=str, guideline=int, expires_at=datetime)
+    for kind in Comparison.Kind.values
+}
+
+
+def _lease_insert(*, campaign, annotator, comparison: Comparison, now: datetime) -> Assignment | None:
+    """Lease the locked ``comparison`` (``_insert_query``); None when its slot was taken meanwhile."""
+    order = secrets.choice(Assignment.Order.values)
+    expires_at = now + timedelta(minutes=campaign.lease_minutes)
+    guideline = comparison.guideline
+    rows = _INSERTS[comparison.kind].rows(campaign=campaign.pk, annotator=annotator.pk, now=now, comparison=comparison.pk,
+                                          order=order, guideline=guideline.pk if guideline else None, expires_at=expires_at)
+    if not rows:
+        return None
+    lease = _from_db(Assignment, id=rows[0][0], comparison_id=comparison.pk, annotator_id=annotator.pk, order=order,
+                     state=Assignment.State.ACTIVE, guideline_version_id=guideline.pk if guideline else None, leased_at=now,
+                     expires_at=expires_at, skip_reason="")
+    lease.comparison, lease.annotator, lease.guideline_version = comparison, annotator, guideline
+    return lease
 
 
 def assignments_expire(*, now: datetime | None = None) -> int:
@@ -125,19 +237,21 @@ def assignments_expire(*, now: datetime | None = None) -> int:
 
 
 def _locked_own_assignment(*, annotator: AbstractBaseUser, assignment_id: int) -> Assignment:
-    """The annotator's own lease, locked, in a campaign they may still work in (votes and skips)."""
+    """The annotator's own lease and its comparison, locked (their rows as committed last), in a
+    campaign they may still work in (votes and skips). One statement."""
+    qs = Assignment.objects.select_for_update(of=("self", "comparison")).select_related("comparison__campaign")  # not the campaign row
+    staff = sees_every_campaign(annotator)
+    if not staff:
+        qs = qs.annotate(member=Exists(CampaignMembership.objects.filter(campaign=OuterRef("comparison__campaign"),
+                                                                         user_id=annotator.pk)))
     try:
-        assignment = (
-            Assignment.objects.select_for_update(of=("self", "comparison"))  # not the campaign row
-            .select_related("comparison__campaign")
-            .get(pk=assignment_id)
-        )
+        assignment = qs.get(pk=assignment_id)
     except Assignment.DoesNotExist:
         raise NotFound(f"Assignment {assignment_id} does not exist.") from None
     if assignment.annotator_id != annotator.pk:
         raise Forbidden("This assignment belongs to another annotator.")
     campaign = assignment.comparison.campaign
-    if not campaign_open_to(campaign=campaign, user=annotator):
+    if not (staff or assignment.member):
         # 403, not 404: the lease is theirs, so they know the campaign exists; say why it ended.
         raise Forbidden(f"You are no longer a member of campaign '{campaign.slug}': this lease is void.",
                         details={"campaign": campaign.slug})
@@ -159,4 +273,3 @@ def assignment_skip(*, annotator: AbstractBaseUser, assignment_id: int, reason: 
         assignment.skip_reason = reason
         assignment.save(update_fields=["state", "skip_reason"])
     return assignment
-

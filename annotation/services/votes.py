@@ -9,12 +9,11 @@ from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
 from annotation.errors import AlreadyVoted, ComparisonClosed, InvalidInput, LeaseExpired
 from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT
-from annotation.models import Assignment, Choice, Comparison, Preference, Strength, Vote
+from annotation.models import Assignment, Campaign, Choice, Comparison, Preference, Strength, Vote
 from annotation.services.assignment import _locked_own_assignment
 
 
@@ -30,6 +29,7 @@ class VoteResult:
     vote: Vote
     created: bool
     preference: Preference | None = None
+    campaign: Campaign | None = None  # the comparison's
 
 
 def vote_submit(
@@ -61,16 +61,18 @@ def vote_submit(
         raise InvalidInput(f"seconds_spent must be between 0 and {MAX_SECONDS_SPENT}.", details={"field": "seconds_spent"})
 
     with transaction.atomic():
+        # The lease and its comparison, locked (assignment first, then comparison: the hand-out
+        # order), as committed last; the clock read only now: a vote that waited for the locks is
+        # judged at commit time.
         assignment = _locked_own_assignment(annotator=annotator, assignment_id=assignment_id)
-        # Lock the comparison too (assignment first, then comparison: the hand-out order), and
-        # read the clock only now: a vote that waited for the locks is judged at commit time.
-        comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+        comparison = assignment.comparison
         now = now or timezone.now()
         canonical = _canonical_choice(choice, assignment.order)
-        existing = Vote.objects.filter(assignment=assignment).first()
+        # A vote ends its lease in the same transaction: an active lease has none yet.
+        existing = None if assignment.state == Assignment.State.ACTIVE else Vote.objects.filter(assignment=assignment).first()
         if existing:
             if existing.choice == canonical and existing.strength == strength:
-                return VoteResult(vote=existing, created=False)
+                return VoteResult(vote=existing, created=False, campaign=comparison.campaign)
             raise AlreadyVoted("You already voted on this comparison with a different answer.", details={"vote_id": existing.pk})
         if comparison.status != Comparison.Status.OPEN:
             raise ComparisonClosed("This comparison is closed.")
@@ -86,20 +88,23 @@ def vote_submit(
             choice=canonical,
             strength=strength,
             rationale=rationale.strip(),
-            guideline_version=assignment.guideline_version,
+            guideline_version_id=assignment.guideline_version_id,
             order_shown=assignment.order,
             seconds_spent=seconds_spent,
             is_gold_correct=(canonical == comparison.gold_answer) if comparison.kind == Comparison.Kind.GOLD else None,
         )
+        Assignment.objects.filter(pk=assignment.pk).update(state=Assignment.State.DONE)
         assignment.state = Assignment.State.DONE
-        assignment.save(update_fields=["state"])
-        comparison.vote_count = F("vote_count") + 1
-        comparison.save(update_fields=["vote_count"])
-        comparison.refresh_from_db(fields=["vote_count"])
-        preference = None
-        if comparison.kind == Comparison.Kind.NORMAL and comparison.vote_count >= comparison.votes_required:
-            preference = _comparison_complete(comparison=comparison, now=now)
-    return VoteResult(vote=vote, created=True, preference=preference)
+        # The comparison row is locked: its count is exact, no read-back needed.
+        comparison.vote_count += 1
+        complete = comparison.kind == Comparison.Kind.NORMAL and comparison.vote_count >= comparison.votes_required
+        changes = {"vote_count": comparison.vote_count}
+        if complete:
+            comparison.status, comparison.completed_at = Comparison.Status.COMPLETE, now
+            changes.update(status=comparison.status, completed_at=now)
+        Comparison.objects.filter(pk=comparison.pk).update(**changes)
+        preference = _comparison_complete(comparison=comparison) if complete else None
+    return VoteResult(vote=vote, created=True, preference=preference, campaign=comparison.campaign)
 
 
 @dataclass(frozen=True)
@@ -139,10 +144,8 @@ def votes_aggregate(choices: Iterable[str]) -> Aggregate:
     return Aggregate(n_a, n_b, choices.count(Choice.TIE), choices.count(Choice.BOTH_BAD), winner)
 
 
-def _comparison_complete(*, comparison: Comparison, now: datetime) -> Preference | None:
-    comparison.status = Comparison.Status.COMPLETE
-    comparison.completed_at = now
-    comparison.save(update_fields=["status", "completed_at"])
+def _comparison_complete(*, comparison: Comparison) -> Preference | None:
+    """The preference of a comparison just completed (its status already saved)."""
     # People's votes only: AI judges' votes enter training data through the judge gate, never here.
     votes = list(comparison.votes.filter(annotator__isnull=False).values_list("choice", "annotator_id"))
     agg = votes_aggregate(c for c, _ in votes)

@@ -75,7 +75,8 @@ CONTENT_SECURITY_POLICY = {
 
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    # Django's ModelBackend reading a user's permissions in one query, not two
+    "annotation.access.ModelBackend",
 ]
 # Repeated failed logins: after 5 failures for a username from one address, refuse for 15 min.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
@@ -104,11 +105,19 @@ TEMPLATES = [
 ]
 
 
-def database_from_url(url: str) -> dict:
+def database_from_url(url: str, *, pool_size: int = 0) -> dict:
     """A DATABASES entry for ``url``; SQLite gets the settings that make it safe under concurrency.
 
     SQLite has no SELECT ... FOR UPDATE: every transaction starts IMMEDIATE (takes the write
     lock at BEGIN) so hand-out and voting are serialised; WAL lets readers run beside a writer.
+
+    PostgreSQL: ``pool_size`` > 0 gives each process psycopg's connection pool of at most that
+    many connections (Django's ``OPTIONS["pool"]``; one is opened at start, more while requests
+    need them, each checked before use), so a server holds at most processes x ``pool_size``
+    connections whatever its threads: no worker model can exhaust PostgreSQL's
+    ``max_connections``. A request takes a connection for its length and gives it back
+    (``CONN_MAX_AGE`` 0, which the pool requires). 0: no pool, one persistent connection per
+    thread (``CONN_MAX_AGE``, default 60 s).
     """
     db = env.db_url_config(url)
     if db["ENGINE"] == "django.db.backends.sqlite3":
@@ -119,6 +128,11 @@ def database_from_url(url: str) -> dict:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             }
         )
+    elif pool_size > 0:
+        # timeout: how long a request waits for a free connection before it fails
+        db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 10}
+        db["CONN_MAX_AGE"] = 0
+        db["CONN_HEALTH_CHECKS"] = True
     else:
         db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
         db["CONN_HEALTH_CHECKS"] = True
@@ -158,9 +172,11 @@ LOGOUT_REDIRECT_URL = "login"
 
 # ---------------------------------------------------------------- REST API
 REST_FRAMEWORK = {
+    # Token first: a request without credentials answers 401 with WWW-Authenticate: Token (DRF
+    # takes both from the first class); a browser's session still authenticates, CSRF-checked.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.SessionAuthentication",
         "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

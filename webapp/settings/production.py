@@ -7,8 +7,10 @@ DEBUG = False
 # No default: refuse to start without a real secret key.
 SECRET_KEY = env.str("SECRET_KEY")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
-# No embedded fallback in production: PostgreSQL and the broker must be named.
-DATABASES = {"default": database_from_url(env.str("DATABASE_URL"))}
+# No embedded fallback in production: PostgreSQL and the broker must be named. Each process
+# (gunicorn worker, Celery worker) pools at most PREFLOOP_DB_POOL_SIZE connections (0: no pool).
+DB_POOL_SIZE = env.int("PREFLOOP_DB_POOL_SIZE", default=4)
+DATABASES = {"default": database_from_url(env.str("DATABASE_URL"), pool_size=DB_POOL_SIZE)}
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
 CELERY_BROKER_TRANSPORT_OPTIONS = redis_transport_options(CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND = result_backend_for(CELERY_BROKER_URL)
