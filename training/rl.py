@@ -33,6 +33,7 @@ from training.loop import (
     optimizer_step,
     save_checkpoint,
 )
+from training.memory import retained
 from training.rollout import Models, Rollout, collect, reward_scores, rollout_metrics, sample
 from training.seeds import mix_seed, seed_everything
 
@@ -191,52 +192,54 @@ def rl_loop(
         measure(0)
     window = MetricWindow()
     status, step = "completed", start
-    for step_index in range(start, steps):
-        if should_cancel is not None and should_cancel():
-            status = "cancelled"
-            if step != start or ckpt is None:
+    # freed memory kept through the steps: each step frees and re-allocates the same blocks (``training.memory``)
+    with retained():
+        for step_index in range(start, steps):
+            if should_cancel is not None and should_cancel():
+                status = "cancelled"
+                if step != start or ckpt is None:
+                    save(step)
+                break
+            # ---- rollout
+            idx = step_prompts(len(prompts), cfg, step_index)
+            batch = [prompts[i] for i in idx]
+            responses, logps, entropies = sample(models, cfg, batch, seed=mix_seed(cfg.seed, step_index, 1), k=cfg.k, stats=True)
+            rollout = collect(models, cfg, batch, responses, k=cfg.k, sampled=(logps, entropies))
+            prepare(rollout)
+            stats = rollout_metrics(rollout, getattr(cfg, "beta", 0.0))
+            # ---- optimise: ppo_epochs passes, num_minibatches optimiser steps each
+            policy.train()
+            sums: dict[str, float] = {}
+            n_updates = 0
+            size = rollout.n // cfg.num_minibatches
+            for epoch in range(cfg.ppo_epochs):
+                order = list(range(rollout.n))
+                random.Random(mix_seed(cfg.seed, step_index, 2, epoch)).shuffle(order)
+                for m in range(cfg.num_minibatches):
+                    rows = sorted(order[m * size:(m + 1) * size])
+                    optimizer.zero_grad(set_to_none=True)
+                    value, mb = loss(rollout, rows)
+                    value.backward()
+                    mb["grad_norm"], mb["learning_rate"] = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
+                    for k, v in mb.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    n_updates += 1
+            stats.update({k: v / n_updates for k, v in sums.items()})
+            if after_rollout is not None:
+                after_rollout(rollout, stats)
+            step = step_index + 1
+            window.add(stats)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(score=f"{stats['objective/scores']:.3f}")
+            if on_progress is not None:
+                on_progress(step, steps)
+            if step % cfg.log_every == 0 or step == steps:
+                log(step, window.flush(step=step, episodes=step * cfg.prompts_per_rollout * cfg.k))
+            if cfg.monitor_every and step % cfg.monitor_every == 0 and step != steps:
+                measure(step)
+            if cfg.save_every and step % cfg.save_every == 0 and step != steps:
                 save(step)
-            break
-        # ---- rollout
-        idx = step_prompts(len(prompts), cfg, step_index)
-        batch = [prompts[i] for i in idx]
-        responses, logps, entropies = sample(models, cfg, batch, seed=mix_seed(cfg.seed, step_index, 1), k=cfg.k, stats=True)
-        rollout = collect(models, cfg, batch, responses, k=cfg.k, sampled=(logps, entropies))
-        prepare(rollout)
-        stats = rollout_metrics(rollout, getattr(cfg, "beta", 0.0))
-        # ---- optimise: ppo_epochs passes, num_minibatches optimiser steps each
-        policy.train()
-        sums: dict[str, float] = {}
-        n_updates = 0
-        size = rollout.n // cfg.num_minibatches
-        for epoch in range(cfg.ppo_epochs):
-            order = list(range(rollout.n))
-            random.Random(mix_seed(cfg.seed, step_index, 2, epoch)).shuffle(order)
-            for m in range(cfg.num_minibatches):
-                rows = sorted(order[m * size:(m + 1) * size])
-                optimizer.zero_grad(set_to_none=True)
-                value, mb = loss(rollout, rows)
-                value.backward()
-                mb["grad_norm"], mb["learning_rate"] = optimizer_step(params, optimizer, scheduler, cfg.max_grad_norm)
-                for k, v in mb.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_updates += 1
-        stats.update({k: v / n_updates for k, v in sums.items()})
-        if after_rollout is not None:
-            after_rollout(rollout, stats)
-        step = step_index + 1
-        window.add(stats)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(score=f"{stats['objective/scores']:.3f}")
-        if on_progress is not None:
-            on_progress(step, steps)
-        if step % cfg.log_every == 0 or step == steps:
-            log(step, window.flush(step=step, episodes=step * cfg.prompts_per_rollout * cfg.k))
-        if cfg.monitor_every and step % cfg.monitor_every == 0 and step != steps:
-            measure(step)
-        if cfg.save_every and step % cfg.save_every == 0 and step != steps:
-            save(step)
     if bar is not None:
         bar.close()
     if status == "completed":
