@@ -157,6 +157,7 @@ def make_run(n_users: int, n_comparisons: int) -> tuple[str, list[str]]:
 
     slug = f"load-{n_users}-{uuid.uuid4().hex[:8]}"
     campaign, users = make_campaign(slug=slug, n_comparisons=n_comparisons, n_annotators=n_users, votes_per_pair=3)
+    type(campaign).objects.filter(pk=campaign.pk).update(buffer_size=0)  # its pairs are all made here: nothing to sample
     if hasattr(services, "campaign_members_add"):  # campaign membership: annotators vote only in their campaigns
         services.campaign_members_add(campaign=campaign, users=users, added_by=None)
     return slug, [Token.objects.create(user=u).key for u in users]

@@ -76,7 +76,9 @@ def prepare(args, tmp: Path, ctx: dict) -> None:
     from tests.tiny import save_tiny_policy
 
     tag = uuid.uuid4().hex[:8]
-    Campaign.objects.filter(slug__startswith="cf-sample-").update(buffer_size=0)  # an earlier run's: its policy is gone
+    # Only this run's campaign is refilled: an earlier run's has lost its policy, and the load runs'
+    # campaigns left in the benchmark database would keep the gpu worker busy for minutes.
+    Campaign.objects.exclude(buffer_size=0).update(buffer_size=0)
     policy = save_tiny_policy(tmp / "tiny-policy")
     version = services.model_version_register_base(spec=policy)
     sample = services.campaign_create(slug=f"cf-sample-{tag}", name="Celery faults: sampling", guideline="Pick the better one.",
