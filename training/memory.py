@@ -8,7 +8,8 @@ activations), so each step page-faults them in again. Measured on this project's
 step 5.2-5.6 -> 4.6-4.9 s, peak RSS 3.16 -> 3.25 GB.
 
 ``retained()`` raises both thresholds (and pads heap growth) for its block, and at its end
-gives the kept memory back (``malloc_trim``) and restores glibc's defaults. A no-op off glibc or
+gives the kept memory back (``malloc_trim``) and sets the thresholds where glibc's dynamic ones
+end up in a process that has freed large blocks. A no-op off glibc or
 with ``PREFLOOP_KEEP_FREED_MEMORY=0``.
 """
 
@@ -22,7 +23,9 @@ import threading
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 _KEEP = {M_MMAP_THRESHOLD: 32 * 1024 * 1024,  # glibc's ceiling on 64-bit
          M_TRIM_THRESHOLD: 2**31 - 1, M_TOP_PAD: 256 * 1024 * 1024}
-_DEFAULTS = {M_MMAP_THRESHOLD: 128 * 1024, M_TRIM_THRESHOLD: 128 * 1024, M_TOP_PAD: 128 * 1024}
+# After the block: where glibc's own (dynamic) thresholds end up once a process has freed a large
+# block (setting them switches the dynamic adjustment off, so glibc's start values would be worse).
+_AFTER = {M_MMAP_THRESHOLD: 32 * 1024 * 1024, M_TRIM_THRESHOLD: 64 * 1024 * 1024, M_TOP_PAD: 128 * 1024}
 _lock = threading.Lock()
 _depth = 0
 
@@ -49,7 +52,7 @@ def retained():
     libc = _libc()
     with _lock:
         if libc is not None and _depth == 0 and not _set(libc, _KEEP):
-            _set(libc, _DEFAULTS)
+            _set(libc, _AFTER)
             libc = None
         if libc is not None:
             _depth += 1
@@ -60,5 +63,5 @@ def retained():
             with _lock:
                 _depth -= 1
                 if _depth == 0:
-                    _set(libc, _DEFAULTS)
+                    _set(libc, _AFTER)
                     libc.malloc_trim(0)
