@@ -128,6 +128,6 @@ def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> di
     which takes it to 0. Counting normal items only told gold apart: the counter stood still after
     a gold lease and dropped after a normal one. One statement, every count a subquery, compiled
     once (``Prepared``)."""
-    row = _PROGRESS[campaign.gold_rate > 0].rows(campaign=campaign.pk, annotator=annotator.pk, now=timezone.now())[0]
-    done, skipped, normal, gold = (*row, 0)[:4]
+    rows = _PROGRESS[campaign.gold_rate > 0].rows(campaign=campaign.pk, annotator=annotator.pk, now=timezone.now())
+    done, skipped, normal, gold = (*(rows[0] if rows else (0, 0, 0)), 0)[:4]  # no row: the campaign is gone
     return {"done": done, "skipped": skipped, "remaining": normal + gold if normal else 0}

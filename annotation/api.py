@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+
+from django.db import DatabaseError
 from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
@@ -20,6 +23,8 @@ from annotation.rendering import markdown_html
 from annotation.snapshots import snapshot_rows
 from annotation.throttles import FailOpenScopedRateThrottle
 from annotation.uploads import upload_guard, uploaded_lines
+
+logger = logging.getLogger(__name__)
 
 
 
@@ -251,6 +256,9 @@ class VoteSubmitApi(APIView):
             try:
                 body["next"] = next_out(result.campaign, request.user)
             except ApplicationError:
+                body["next"] = None
+            except DatabaseError:  # e.g. no pooled connection in time: the stored vote is still answered
+                logger.exception("vote %s stored; leasing the next comparison failed", result.vote.pk)
                 body["next"] = None
         return Response(body, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 

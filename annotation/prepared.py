@@ -77,7 +77,8 @@ class Prepared:
         for name, kind in self._inputs.items():
             value = self._adapt(kind, values[name])
             for i, typ in where[name]:
-                params[i] = typ(value) if value is not None and typ is not type(value) else value
+                # the ORM's type at that position (psycopg's Int4 for an int; a datetime subclass stays)
+                params[i] = typ(value) if value is not None and not isinstance(value, typ) else value
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall() if cursor.description else []

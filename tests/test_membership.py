@@ -233,3 +233,43 @@ def test_migration_makes_past_workers_members():
         executor = MigrationExecutor(connection)
         executor.migrate(latest)
     assert list(CampaignMembership.objects.values_list("campaign__slug", "user__username")) == [("old", "worker")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_tabs_asking_at_once_get_the_same_lease(monkeypatch):
+    """A second tab's ``next`` waits on the first one's membership lock; once the first commits its
+    lease, the second must answer that lease, not lease a second comparison (its locking
+    statement's snapshot predates the wait, so the held lease is read in a statement after it)."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    from annotation.services import assignment
+
+    campaign = CampaignFactory(slug="tabs", votes_per_pair=1)
+    ComparisonFactory(campaign=campaign)
+    ComparisonFactory(campaign=campaign)
+    member = UserFactory(role=roles.ANNOTATOR)
+    services.campaign_members_add(campaign=campaign, users=[member])
+    real, second = assignment._lock_candidate, {}
+
+    def other_tab():
+        try:
+            second["lease"] = services.assignment_next(campaign=campaign, annotator=member)
+        finally:
+            connection.close()
+
+    def lock_candidate_while_the_other_tab_asks(**kwargs):
+        if "thread" not in second:
+            second["thread"] = threading.Thread(target=other_tab)
+            second["thread"].start()
+            time.sleep(0.5)  # the other tab is now waiting on the membership lock
+        return real(**kwargs)
+
+    monkeypatch.setattr(assignment, "_lock_candidate", lock_candidate_while_the_other_tab_asks)
+    first = services.assignment_next(campaign=campaign, annotator=member)
+    second["thread"].join(timeout=30)
+    assert first is not None and second["lease"] is not None
+    assert second["lease"].pk == first.pk
+    assert Assignment.objects.filter(annotator=member, state=Assignment.State.ACTIVE).count() == 1

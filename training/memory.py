@@ -52,8 +52,7 @@ def retained():
     libc = _libc()
     with _lock:
         if libc is not None and _depth == 0 and not _set(libc, _KEEP):
-            _set(libc, _AFTER)
-            libc = None
+            libc = None  # refused (not glibc's malloc after all): what it took is harmless, nothing to undo
         if libc is not None:
             _depth += 1
     try:

@@ -47,7 +47,8 @@ def run_training(*, run_id: int, evaluate: bool = True, on_progress=None) -> str
     # Running from the moment a worker holds it, before the imports and the data export: a pool
     # child SIGKILLed there (out of memory) is acknowledged by its main process as lost, never
     # redelivered, and only a running run is swept: a queued one would block the kind for good.
-    if services.training_run_start(run_id=run_id, device="", data_manifest={}) is None:
+    # (A redelivered run is running already: its recorded device and data manifest stay.)
+    if run.status == TrainingRun.Status.QUEUED and services.training_run_start(run_id=run_id, device="", data_manifest={}) is None:
         return TrainingRun.objects.get(pk=run_id).status
     from training.config import config_from
     from training.data import manifest

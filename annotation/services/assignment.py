@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import DateTimeField, Exists, F, IntegerField, OuterRef, Q, Subquery, TextField, Value
+from django.db.models import BigIntegerField, DateTimeField, Exists, F, IntegerField, OuterRef, Q, Subquery, TextField, Value
 from django.utils import timezone
 
 from annotation.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -44,15 +44,13 @@ def _held(*, campaign, annotator, now):
     return Assignment.objects.filter(_live_leases(now), annotator=annotator, comparison__campaign=campaign).order_by("leased_at")
 
 
-# (member, id of the lease already held) in one statement that locks the membership row until
-# the lease commits: an admin removing the member meanwhile waits for it, and then ends the new
-# lease with the others (``campaign_members_remove``), or removes first and we see no row.
-_MEMBER_HELD = Prepared(
-    lambda campaign, annotator, now: CampaignMembership.objects.select_for_update(no_key=True)
-    .filter(campaign=campaign, user_id=annotator)
-    .annotate(held=Subquery(_held(campaign=campaign, annotator=annotator, now=now).values("pk")[:1]))
-    .values_list("held"),
-    campaign=int, annotator=int, now=datetime,
+# The membership row, locked until the lease commits: an admin removing the member meanwhile
+# waits for it, and then ends the new lease with the others (``campaign_members_remove``), or
+# removes first and we see no row. Two requests of one annotator (a second tab) queue on it.
+_MEMBER_LOCK = Prepared(
+    lambda campaign, annotator: CampaignMembership.objects.select_for_update(no_key=True)
+    .filter(campaign=campaign, user_id=annotator).values_list("pk"),
+    campaign=int, annotator=int,
 )
 
 
@@ -73,22 +71,19 @@ def assignment_next(
     now = now or timezone.now()
     staff = sees_every_campaign(annotator)
     with transaction.atomic():
-        if staff:
-            held_id = -1
-        else:
-            rows = _MEMBER_HELD.rows(campaign=campaign.pk, annotator=annotator.pk, now=now)
-            if not rows:
-                # 404, like an unknown slug (the API answers the same before reaching here): a campaign
-                # someone is not a member of does not exist for them, so slugs cannot be probed.
-                raise NotFound(f"No campaign '{campaign.slug}'.")
-            held_id = rows[0][0]
+        if not staff and not _MEMBER_LOCK.rows(campaign=campaign.pk, annotator=annotator.pk):
+            # 404, like an unknown slug (the API answers the same before reaching here): a campaign
+            # someone is not a member of does not exist for them, so slugs cannot be probed.
+            raise NotFound(f"No campaign '{campaign.slug}'.")
         if not campaign.is_active:
             raise Conflict(f"Campaign '{campaign.slug}' is not active.")
-        if held_id is not None:  # a reload or a second tab gets the lease it already holds
-            held = (_held(campaign=campaign, annotator=annotator, now=now)
-                    .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
-            if held:
-                return held
+        # A reload or a second tab gets the lease it already holds. Read in a statement after the
+        # lock, so it sees a lease that a request holding the lock before us committed (the locking
+        # statement's own snapshot predates its wait).
+        held = (_held(campaign=campaign, annotator=annotator, now=now)
+                .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
+        if held:
+            return held
         return _lease(campaign=campaign, annotator=annotator, now=now)
 
 
@@ -193,7 +188,7 @@ def _insert_query(*, campaign, annotator, now, comparison, order, guideline, exp
     hand-out committed before our lock) still finds it open to ``annotator`` with a free slot."""
     values = {
         "comparison_id": F("pk"), "annotator_id": Value(annotator), "order": Value(order),
-        "state": Value(Assignment.State.ACTIVE), "guideline_version_id": Value(guideline, IntegerField()),
+        "state": Value(Assignment.State.ACTIVE), "guideline_version_id": Value(guideline, BigIntegerField()),
         "leased_at": Value(now, DateTimeField()), "expires_at": Value(expires_at, DateTimeField()), "skip_reason": Value(""),
     }
     select = (comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
