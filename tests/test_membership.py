@@ -86,43 +86,51 @@ def test_a_removed_member_cannot_vote_or_skip_and_the_slot_returns(api, db, anno
     assert api(first).get("/api/campaigns/solo/").status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_member_removed_while_their_next_runs_keeps_no_live_lease(monkeypatch):
-    """An admin removes the annotator after ``next`` checked the membership but before it leased:
-    the removal waits for the lease's transaction (the membership row is locked in it) and then
-    ends that lease with the others; it never leaves a live lease to someone no longer a member."""
+def _meanwhile(monkeypatch, action, wait: float) -> dict:
+    """Run ``action()`` in another thread (its own connection) once ``next`` has locked the
+    membership row and is about to lock a candidate, giving it ``wait`` seconds before ``next``
+    goes on; returns {"thread", "result"}."""
     import threading
 
     from django.db import connection
 
     from annotation.services import assignment
 
+    real, state = assignment._lock_candidate, {}
+
+    def run():
+        try:
+            state["result"] = action()
+        finally:
+            connection.close()
+
+    def lock_candidate(**kwargs):
+        if "thread" not in state:
+            state["thread"] = threading.Thread(target=run)
+            state["thread"].start()
+            state["thread"].join(timeout=wait)  # it finishes, or waits on our lock
+        return real(**kwargs)
+
+    monkeypatch.setattr(assignment, "_lock_candidate", lock_candidate)
+    return state
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_member_removed_while_their_next_runs_keeps_no_live_lease(monkeypatch):
+    """An admin removes the annotator after ``next`` checked the membership but before it leased:
+    the removal waits for the lease's transaction (the membership row is locked in it) and then
+    ends that lease with the others; it never leaves a live lease to someone no longer a member."""
     campaign = CampaignFactory(slug="race", votes_per_pair=1)
     ComparisonFactory(campaign=campaign)
     member = UserFactory(role=roles.ANNOTATOR)
     services.campaign_members_add(campaign=campaign, users=[member])
-    real, removal = assignment._lock_candidate, {}
-
-    def remove():
-        try:
-            removal["removed"] = services.campaign_members_remove(campaign=campaign, users=[member])
-        finally:
-            connection.close()
-
-    def lock_candidate_while_removed(**kwargs):
-        if "thread" not in removal:  # the admin acts now; give the removal a second to go through
-            removal["thread"] = threading.Thread(target=remove)
-            removal["thread"].start()
-            removal["thread"].join(timeout=1)
-        return real(**kwargs)
-
-    monkeypatch.setattr(assignment, "_lock_candidate", lock_candidate_while_removed)
+    removal = _meanwhile(monkeypatch, lambda: services.campaign_members_remove(campaign=campaign, users=[member]), wait=1)
     try:
         services.assignment_next(campaign=campaign, annotator=member)
     except NotFound:
         pass  # the removal went first: nothing handed out
     removal["thread"].join(timeout=30)
-    assert removal["removed"] == 1
+    assert removal["result"] == 1
     assert not Assignment.objects.filter(annotator=member, state=Assignment.State.ACTIVE).exists()
 
 
@@ -240,36 +248,14 @@ def test_two_tabs_asking_at_once_get_the_same_lease(monkeypatch):
     """A second tab's ``next`` waits on the first one's membership lock; once the first commits its
     lease, the second must answer that lease, not lease a second comparison (its locking
     statement's snapshot predates the wait, so the held lease is read in a statement after it)."""
-    import threading
-    import time
-
-    from django.db import connection
-
-    from annotation.services import assignment
-
     campaign = CampaignFactory(slug="tabs", votes_per_pair=1)
     ComparisonFactory(campaign=campaign)
     ComparisonFactory(campaign=campaign)
     member = UserFactory(role=roles.ANNOTATOR)
     services.campaign_members_add(campaign=campaign, users=[member])
-    real, second = assignment._lock_candidate, {}
-
-    def other_tab():
-        try:
-            second["lease"] = services.assignment_next(campaign=campaign, annotator=member)
-        finally:
-            connection.close()
-
-    def lock_candidate_while_the_other_tab_asks(**kwargs):
-        if "thread" not in second:
-            second["thread"] = threading.Thread(target=other_tab)
-            second["thread"].start()
-            time.sleep(0.5)  # the other tab is now waiting on the membership lock
-        return real(**kwargs)
-
-    monkeypatch.setattr(assignment, "_lock_candidate", lock_candidate_while_the_other_tab_asks)
+    second = _meanwhile(monkeypatch, lambda: services.assignment_next(campaign=campaign, annotator=member), wait=0.5)
     first = services.assignment_next(campaign=campaign, annotator=member)
     second["thread"].join(timeout=30)
-    assert first is not None and second["lease"] is not None
-    assert second["lease"].pk == first.pk
+    assert first is not None and second["result"] is not None
+    assert second["result"].pk == first.pk
     assert Assignment.objects.filter(annotator=member, state=Assignment.State.ACTIVE).count() == 1
