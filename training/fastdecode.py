@@ -39,7 +39,7 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None, packed: bool) -> Li
     if packed:
         try:
             w = fastlinear.pack(weight)
-            return lambda x: torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
+            return lambda x: fastlinear.product(x, w, bias)
         except RuntimeError:  # this build's oneDNN cannot pack it: plain product
             pass
     return lambda x: F.linear(x, weight, bias)

@@ -44,9 +44,14 @@ def _forward(module: torch.nn.Linear, packed: torch.Tensor):
             x.dtype != torch.float32 or x.device.type != "cpu")
         if plain:  # autograd (or another dtype): the plain weight
             return F.linear(x, module.weight, bias)
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return product(x, packed, bias)
 
     return forward
+
+
+def product(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x @ weight.T + bias`` with the weight as ``pack`` made it."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
 
 
 def pack(weight: torch.Tensor) -> torch.Tensor:
