@@ -15,24 +15,34 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation.errors import InvalidInput
+from annotation.limits import PROGRESS_COUNT_CAP
 from annotation.models import Assignment, Campaign, CampaignMembership, Comparison
 from annotation.prepared import Prepared
 
 
 class ModelBackend(backends.ModelBackend):
     """Django's ``ModelBackend`` (AUTHENTICATION_BACKENDS), reading a user's permissions, their
-    own and their groups', in one query instead of two: every API call checks one."""
+    own and their groups', in one query instead of two, compiled once: every API call checks one."""
 
     def get_all_permissions(self, user_obj, obj=None):
         if not user_obj.is_active or user_obj.is_anonymous or obj is not None:
             return set()
         if not hasattr(user_obj, "_perm_cache"):
-            perms = Permission.objects.all()
-            if not user_obj.is_superuser:
-                perms = perms.filter(Q(pk__in=user_obj.user_permissions.values("pk"))
-                                     | Q(pk__in=Permission.objects.filter(group__user=user_obj).values("pk")))
-            user_obj._perm_cache = {f"{ct}.{name}" for ct, name in perms.values_list("content_type__app_label", "codename").order_by()}
+            rows = _PERMS_ALL.rows() if user_obj.is_superuser else _PERMS.rows(user=user_obj.pk)
+            user_obj._perm_cache = {f"{ct}.{name}" for ct, name in rows}
         return user_obj._perm_cache
+
+
+def _perms_query(user=None):
+    """Permissions (app label, codename): all of them, or ``user``'s own and their groups'."""
+    perms = Permission.objects.all()
+    if user is not None:
+        perms = perms.filter(Q(pk__in=Permission.objects.filter(user=user).values("pk"))
+                             | Q(pk__in=Permission.objects.filter(group__user=user).values("pk")))
+    return perms.values_list("content_type__app_label", "codename").order_by()
+
+
+_PERMS, _PERMS_ALL = Prepared(_perms_query, user=int), Prepared(_perms_query)
 
 
 def campaign_named_for(*, slug: str, user: AbstractBaseUser) -> Campaign:
@@ -86,7 +96,7 @@ def comparisons_open_to(
     )
     if kind == Comparison.Kind.NORMAL:
         full = (
-            Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__gt=now, comparison__campaign=campaign)
+            Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__gt=now, campaign=campaign)
             .order_by()
             .values("comparison_id", "comparison__votes_required", "comparison__vote_count")
             .annotate(live=Count("pk"))
@@ -103,15 +113,21 @@ def _count(qs: QuerySet) -> Coalesce:
                     output_field=IntegerField())
 
 
+def _first(qs: QuerySet[Comparison]) -> QuerySet[Comparison]:
+    """The first ``PROGRESS_COUNT_CAP`` + 1 rows of ``qs`` in hand-out order (its index): a count
+    over them stops there, whatever the campaign's size."""
+    return Comparison.objects.filter(pk__in=qs.order_by("vote_count", "pk").values("pk")[:PROGRESS_COUNT_CAP + 1])
+
+
 def _progress_query(*, campaign, annotator, now, gold: bool):
-    mine = Assignment.objects.filter(annotator=annotator, comparison__campaign=campaign)
+    mine = Assignment.objects.filter(annotator=annotator, campaign=campaign)
     counts = {
         "done": _count(mine.filter(state=Assignment.State.DONE)),
         "skipped": _count(mine.filter(state=Assignment.State.SKIPPED)),
-        "normal": _count(comparisons_open_to(campaign=campaign, annotator=annotator, now=now)),
+        "normal": _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator, now=now))),
     }
     if gold:
-        counts["gold"] = _count(comparisons_open_to(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD, now=now))
+        counts["gold"] = _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD, now=now)))
     return Campaign.objects.filter(pk=campaign).values_list(*counts.values())
 
 
@@ -120,14 +136,18 @@ _PROGRESS = {gold: Prepared(lambda gold=gold, **inputs: _progress_query(gold=gol
 
 
 def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> dict:
-    """Done / skipped by this annotator, and how many comparisons are still open to them.
+    """Done / skipped by this annotator, and how many comparisons are still open to them, counted
+    up to ``PROGRESS_COUNT_CAP`` (``remaining_capped``: more are open than ``remaining`` says).
 
     ``remaining`` counts gold items with normal ones (when the campaign hands out gold at all),
     and is 0 when no normal item is open to them (``assignment_next`` hands out gold only beside
     normal work): every lease, whatever its kind, lowers it by one, except the last normal one,
     which takes it to 0. Counting normal items only told gold apart: the counter stood still after
     a gold lease and dropped after a normal one. One statement, every count a subquery, compiled
-    once (``Prepared``)."""
+    once (``Prepared``). Above the cap the counter stands still whatever is leased, so it tells no
+    more about gold there."""
     rows = _PROGRESS[campaign.gold_rate > 0].rows(campaign=campaign.pk, annotator=annotator.pk, now=timezone.now())
     done, skipped, normal, gold = (*(rows[0] if rows else (0, 0, 0)), 0)[:4]  # no row: the campaign is gone
-    return {"done": done, "skipped": skipped, "remaining": normal + gold if normal else 0}
+    remaining = normal + gold if normal else 0
+    return {"done": done, "skipped": skipped, "remaining": min(remaining, PROGRESS_COUNT_CAP),
+            "remaining_capped": remaining > PROGRESS_COUNT_CAP}

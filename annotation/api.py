@@ -100,7 +100,8 @@ class AssignmentOut(serializers.Serializer):
 class ProgressOut(serializers.Serializer):
     done = serializers.IntegerField()
     skipped = serializers.IntegerField()
-    remaining = serializers.IntegerField()
+    remaining = serializers.IntegerField(help_text="Comparisons still open to you, counted up to 100")
+    remaining_capped = serializers.BooleanField(help_text="true: more than `remaining` are open (the count stopped there)")
 
 
 class NextOut(serializers.Serializer):

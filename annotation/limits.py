@@ -19,3 +19,4 @@ MAX_METRIC_NAME_CHARS = 100  # TrainingMetric.name's column (a metric name, e.g.
 MAX_PROMOTION_REASON_CHARS = 2_000  # why a policy was promoted or rolled back (API input)
 DEFAULT_EVAL_PROMPTS = 64  # eval prompts an evaluation answers, unless asked otherwise (the oldest first)
 MAX_EVAL_PROMPTS = 1_000  # the most one evaluation may be asked to answer
+PROGRESS_COUNT_CAP = 100  # an annotator's "remaining" is counted up to this (a count over a whole campaign, every lease, would grow with it)

@@ -7,12 +7,19 @@ parameters and the ORM's converters for the columns (JSON, dates), and then runs
 the real values. The query is still written with the ORM (one place says what "open to an
 annotator" means: ``annotation.access.comparisons_open_to``); only its compilation is reused.
 
+On PostgreSQL the statement is also prepared on the server (once per connection): planning
+these statements took PostgreSQL longer than running them (a hand-out's candidate: 1.2 ms to
+plan, 0.6 ms to run). Its parameters are then bound on the server, not quoted into the text.
+(A transaction-pooling PgBouncer between Django and PostgreSQL would need its prepared-statement
+support, PgBouncer >= 1.21.)
+
 Inputs are ints, datetimes or strings; an int input may be given None (SQL NULL) where the
 query only selects it. Stand-ins cannot collide with the queries' own constants.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -21,6 +28,36 @@ from datetime import timezone as dt_timezone
 from django.db import connection
 from django.db.models import QuerySet
 
+# psycopg's count of runs before it prepares a statement by itself: never, in effect. Django's
+# other cursors bind on the client and never prepare whatever this says.
+_ONLY_WHEN_ASKED = 2**31 - 1
+
+
+@functools.cache
+def _preparing_cursor_class():
+    """psycopg's server-binding cursor (Django's, with its ``callproc``) that prepares every
+    statement it runs."""
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    class PreparingCursor(ServerBindingCursor):
+        def execute(self, query, params=None, *, prepare=None, binary=None):
+            return super().execute(query, params, prepare=True, binary=binary)
+
+    return PreparingCursor
+
+
+def _cursor():
+    """A cursor for a prepared statement: Django's wrapper (query log, execute wrappers, error
+    translation) around a preparing one on PostgreSQL; Django's own elsewhere."""
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:  # Django's default, under which psycopg prepares nothing, asked or not
+        raw.prepare_threshold = _ONLY_WHEN_ASKED
+    return connection._prepare_cursor(_preparing_cursor_class()(raw))
+
+
 _STAND_IN_INT = -2_047_000_000  # in int4's range: Django may pass it as psycopg's Int4
 _STAND_IN_TIME = datetime(1901, 2, 3, tzinfo=dt_timezone.utc)
 
@@ -28,8 +65,8 @@ _STAND_IN_TIME = datetime(1901, 2, 3, tzinfo=dt_timezone.utc)
 class Prepared:
     def __init__(self, build: Callable[..., QuerySet | tuple[QuerySet, str]], **inputs: type):
         """``build(**stand_ins)``: the query (or the query and a template around its SQL, with
-        ``{select}`` where its SELECT goes, e.g. an INSERT ... SELECT). ``inputs``: name -> int,
-        datetime or str."""
+        ``{select}`` where its SELECT goes, e.g. an INSERT ... SELECT, or a locking clause after
+        it). ``inputs``: name -> int, datetime or str."""
         self._build, self._inputs, self._compiled, self._lock = build, inputs, {}, threading.Lock()
 
     def _stand_ins(self) -> dict:
@@ -62,8 +99,10 @@ class Prepared:
             where[name] = [(i, type(p)) for i, p in enumerate(params) if isinstance(p, base) and not isinstance(p, bool) and p == marker]
             if not where[name]:
                 raise ValueError(f"input {name} does not reach the query's parameters")
-        # a template around the SELECT (INSERT ... SELECT ... RETURNING) returns other columns
-        converters = compiler.get_converters([col for col, _, _ in compiler.select]) if template == "{select}" else {}
+        # a template around the SELECT (INSERT ... SELECT ... RETURNING) returns other columns;
+        # one after it (a locking clause) the SELECT's
+        selects = template.startswith("{select}")
+        converters = compiler.get_converters([col for col, _, _ in compiler.select]) if selects else {}
         return template.format(select=sql), list(params), where, compiler, converters
 
     def rows(self, **values) -> list[tuple]:
@@ -79,9 +118,32 @@ class Prepared:
             for i, typ in where[name]:
                 # the ORM's type at that position (psycopg's Int4 for an int; a datetime subclass stays)
                 params[i] = typ(value) if value is not None and not isinstance(value, typ) else value
-        with connection.cursor() as cursor:
+        with _cursor() as cursor:
             cursor.execute(sql, params)
             rows = cursor.fetchall() if cursor.description else []
         if converters:
             rows = [tuple(row) for row in compiler.apply_converters(rows, converters)]
         return rows
+
+
+def columns(model, prefix: str = "") -> list[str]:
+    """Every column of ``model`` (its concrete fields' attnames), each behind ``prefix`` (a
+    relation's path, e.g. ``"comparison__"``), in the order ``instances`` reads them."""
+    return [prefix + f.attname for f in model._meta.concrete_fields]
+
+
+def instance(model, **values):
+    """An instance of ``model`` with these fields read from the database (the others deferred)."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(connection.alias, names, [values[name] for name in names])
+
+
+def instances(row, *models) -> list:
+    """One instance per model from a row of their ``columns``, one after the other; what is left
+    of the row (annotations) comes last, as a list."""
+    values, out = list(row), []
+    for model in models:
+        names = columns(model)
+        out.append(instance(model, **dict(zip(names, values[:len(names)]))))
+        del values[:len(names)]
+    return [*out, values]

@@ -30,7 +30,7 @@ def test_annotator_flow_next_vote_progress(api, campaign, comparisons, annotator
     c = api(annotator)
     data = next_item(c)
     a = data["assignment"]
-    assert data["progress"] == {"done": 0, "skipped": 0, "remaining": 4}
+    assert data["progress"] == {"done": 0, "skipped": 0, "remaining": 4, "remaining_capped": False}
     assert [r["label"] for r in a["responses"]] == ["A", "B"]
     assert a["messages"][0]["role"] == "user" and a["guideline"]["version"] == 1
     r = c.post(f"/api/assignments/{a['id']}/vote/", {"choice": "a", "strength": "slightly", "seconds_spent": 3.2}, format="json")
@@ -38,7 +38,7 @@ def test_annotator_flow_next_vote_progress(api, campaign, comparisons, annotator
     again = c.post(f"/api/assignments/{a['id']}/vote/", {"choice": "a", "strength": "slightly"}, format="json")
     assert again.status_code == 200 and again.json()["created"] is False and "already recorded" in again.json()["detail"]
     assert Vote.objects.count() == 1
-    assert next_item(c)["progress"] == {"done": 1, "skipped": 0, "remaining": 3}
+    assert next_item(c)["progress"] == {"done": 1, "skipped": 0, "remaining": 3, "remaining_capped": False}
 
 
 def test_payload_hides_gold_and_identities(api, db, annotator):
@@ -179,7 +179,7 @@ def test_a_vote_can_bring_the_next_lease(api, campaign, comparisons, annotator):
     assert r.status_code == 201 and r.json()["created"] and Vote.objects.filter(pk=r.json()["vote_id"]).exists()
     nxt = r.json()["next"]
     assert shape(nxt) == shape(first) and nxt["assignment"]["id"] != first["assignment"]["id"]
-    assert nxt["progress"] == {"done": 1, "skipped": 0, "remaining": first["progress"]["remaining"] - 1}
+    assert nxt["progress"] == {"done": 1, "skipped": 0, "remaining": first["progress"]["remaining"] - 1, "remaining_capped": False}
     lease = Assignment.objects.get(pk=nxt["assignment"]["id"])
     assert lease.annotator == annotator and lease.state == Assignment.State.ACTIVE
     assert c.post("/api/campaigns/c1/next/").json() == nxt  # the lease held: next hands the same one
@@ -198,7 +198,7 @@ def test_a_vote_asking_for_the_next_lease_is_stored_when_none_is_left(api, db, a
     lease = c.post("/api/campaigns/one/next/").json()["assignment"]
     r = c.post(f"/api/assignments/{lease['id']}/vote/", {"choice": "a", "next": True}, format="json")
     assert r.status_code == 201
-    assert r.json()["next"] == {"assignment": None, "progress": {"done": 1, "skipped": 0, "remaining": 0}}
+    assert r.json()["next"] == {"assignment": None, "progress": {"done": 1, "skipped": 0, "remaining": 0, "remaining_capped": False}}
     assert Vote.objects.get(pk=r.json()["vote_id"]).comparison == comparison
     # The campaign was closed meanwhile: the vote stands, ``next`` is null (next itself says why).
     two = CampaignFactory(slug="two", votes_per_pair=1, members=annotators[:1])

@@ -64,8 +64,8 @@ def test_progress_moves_the_same_after_a_gold_and_a_normal_lease(api, gold_campa
         })
     gold, normal = steps[0::2], steps[1::2]
     assert gold == normal
-    assert steps[0]["lease"] == {"done": 0, "skipped": 0, "remaining": -1}  # every lease lowers it by one
-    assert steps[0]["vote"] == {"done": 1, "skipped": 0, "remaining": 0}
+    assert steps[0]["lease"] == {"done": 0, "skipped": 0, "remaining": -1, "remaining_capped": 0}  # every lease lowers it by one
+    assert steps[0]["vote"] == {"done": 1, "skipped": 0, "remaining": 0, "remaining_capped": 0}
 
 
 def test_skip_and_home_page_do_not_tell_gold_either(api, gold_campaign, annotator, monkeypatch):
@@ -96,7 +96,7 @@ def test_gold_only_beside_normal_work_and_the_counter_reads_zero_when_that_is_do
         kinds.append(Assignment.objects.get(pk=body["assignment"]["id"]).comparison.kind)
         client.post(f"/api/assignments/{body['assignment']['id']}/vote/", {"choice": "a"}, format="json")
     assert kinds == ["normal"] * 3 and counters == [5, 4, 0]  # the last normal lease takes the counter to 0
-    assert body["progress"] == {"done": 3, "skipped": 0, "remaining": 0}
+    assert body["progress"] == {"done": 3, "skipped": 0, "remaining": 0, "remaining_capped": False}
     force_kind(monkeypatch, "gold")  # due now, but no normal work beside it: still nothing
     assert client.post("/api/campaigns/c1/next/").json()["assignment"] is None
     ComparisonFactory(campaign=gold_campaign)  # the next batch: gold comes again beside it
@@ -111,4 +111,25 @@ def test_campaign_without_gold_counts_no_gold_and_hands_none(api, campaign, anno
     body = client.post("/api/campaigns/c1/next/").json()
     assert body["progress"]["remaining"] == 0
     client.post(f"/api/assignments/{body['assignment']['id']}/vote/", {"choice": "a"}, format="json")
-    assert client.post("/api/campaigns/c1/next/").json() == {"assignment": None, "progress": {"done": 1, "skipped": 0, "remaining": 0}}
+    assert client.post("/api/campaigns/c1/next/").json() == {"assignment": None, "progress": {"done": 1, "skipped": 0, "remaining": 0, "remaining_capped": False}}
+
+
+def test_counter_counts_up_to_its_cap_and_says_so(api, gold_campaign, annotator, monkeypatch):
+    """``remaining`` is counted up to PROGRESS_COUNT_CAP (a count over a whole campaign on every
+    lease grew with the campaign); past it the counter stands at the cap whatever is leased, gold
+    or normal, and says there are more. Below it, it is exact again."""
+    from annotation.limits import PROGRESS_COUNT_CAP
+
+    ComparisonFactory.create_batch(PROGRESS_COUNT_CAP - 2, campaign=gold_campaign)  # 101 normal + 3 gold
+    client = api(annotator)
+    assert selectors.annotator_progress(campaign=gold_campaign, annotator=annotator)["remaining_capped"] is True
+    for skipped, kind in enumerate(("gold", "normal", "gold")):
+        force_kind(monkeypatch, kind)
+        body = client.post("/api/campaigns/c1/next/").json()
+        assert body["progress"] == {"done": 0, "skipped": skipped, "remaining": PROGRESS_COUNT_CAP, "remaining_capped": True}
+        client.post(f"/api/assignments/{body['assignment']['id']}/skip/", {"reason": "unsure"}, format="json")
+    # 100 normal + 1 gold open: 101 counted, still over the cap; one more lease and it is exact
+    force_kind(monkeypatch, "normal")
+    body = client.post("/api/campaigns/c1/next/").json()
+    assert body["progress"] == {"done": 0, "skipped": 3, "remaining": PROGRESS_COUNT_CAP, "remaining_capped": False}
+    assert page_counter(annotator) == (0, PROGRESS_COUNT_CAP)

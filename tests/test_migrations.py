@@ -51,3 +51,35 @@ def test_metrics_json_to_rows_and_one_active_run_per_kind():
     assert status[queued_new.pk] == "queued" and status[running.pk] == "running"
     assert status[queued_old.pk] == status[queued_after_running.pk] == "cancelled"
     assert TrainingRun.objects.get(pk=queued_old.pk).error.startswith(f"Cancelled by migration 0004: run {queued_new.pk} ")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_leases_get_their_comparisons_campaign():
+    """0012 fills each lease's campaign from its comparison (issue 13: a campaign's live leases
+    by their own index)."""
+    from annotation.models import Assignment
+
+    before = [("annotation", "0011_audit_log")]
+    executor = MigrationExecutor(connection)
+    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
+    executor.migrate(before)
+    try:
+        apps = executor.loader.project_state(before).apps
+        Campaign, Prompt, Response, Comparison, Lease = (
+            apps.get_model("annotation", m) for m in ("Campaign", "Prompt", "Response", "Comparison", "Assignment")
+        )
+        User = apps.get_model("auth", "User")
+        made = {}
+        for slug in ("m1", "m2"):
+            campaign = Campaign.objects.create(slug=slug, name=slug)
+            prompt = Prompt.objects.create(campaign=campaign, messages=[{"role": "user", "content": "q"}], messages_hash=slug)
+            a, b = (Response.objects.create(prompt=prompt, text=t, text_hash=f"{slug}{t}") for t in "ab")
+            comparison = Comparison.objects.create(campaign=campaign, prompt=prompt, response_a=a, response_b=b, votes_required=3)
+            user = User.objects.create(username=f"u-{slug}")
+            lease = Lease.objects.create(comparison=comparison, annotator=user, order="ab", leased_at="2026-01-01T00:00Z",
+                                         expires_at="2026-01-01T00:30Z")
+            made[lease.pk] = campaign.pk
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(latest)
+    assert dict(Assignment.objects.filter(pk__in=made).values_list("pk", "campaign_id")) == made

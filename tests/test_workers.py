@@ -26,7 +26,7 @@ def test_worker_on_redis_and_postgresql_expires_leases(tmp_path):
     now = timezone.now()
     comparison = ComparisonFactory()
     a = Assignment.objects.create(
-        comparison=comparison, annotator=UserFactory(), order="ab",
+        comparison=comparison, campaign=comparison.campaign, annotator=UserFactory(), order="ab",
         leased_at=now - timedelta(minutes=30), expires_at=now - timedelta(minutes=15),
     )
     queue = f"test-{uuid.uuid4().hex[:8]}"
@@ -110,11 +110,11 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path, tiny_policy):
             " where m.name = ? and r.seed is not null and r.logprob_sum < 0", (tiny_policy,)
         ).fetchone()[0]
         user_id = con.execute("select id from auth_user where username='alice'").fetchone()[0]
-        comparison_id = con.execute("select id from annotation_comparison limit 1").fetchone()[0]
+        comparison_id, campaign_id = con.execute("select id, campaign_id from annotation_comparison limit 1").fetchone()
         con.execute(
-            "insert into annotation_assignment (comparison_id, annotator_id, 'order', state, leased_at, expires_at, skip_reason)"
-            " values (?, ?, 'ab', 'active', '2020-01-01 00:00:00', '2020-01-01 00:15:00', '')",
-            (comparison_id, user_id),
+            "insert into annotation_assignment (comparison_id, campaign_id, annotator_id, 'order', state, leased_at, expires_at,"
+            " skip_reason) values (?, ?, ?, 'ab', 'active', '2020-01-01 00:00:00', '2020-01-01 00:15:00', '')",
+            (comparison_id, campaign_id, user_id),
         )
     assert comparisons == 52 and provenance == 4
 

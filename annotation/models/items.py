@@ -77,7 +77,8 @@ class Comparison(models.Model):
             ),
             models.UniqueConstraint(fields=["campaign", "response_a", "response_b"], name="comparison_unique_pair"),
         ]
-        indexes = [models.Index(fields=["campaign", "status", "kind", "vote_count"])]
+        # A lease walks it in hand-out order (fewest votes, then lowest id) and stops at its first row.
+        indexes = [models.Index(fields=["campaign", "status", "kind", "vote_count", "id"], name="comparison_handout_idx")]
 
     def __str__(self):
         return f"comparison {self.pk}"
@@ -97,6 +98,10 @@ class Assignment(models.Model):
         EXPIRED = "expired"
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    # The comparison's campaign, copied when the lease is made (its one writer: the hand-out's
+    # INSERT ... SELECT): a campaign's live leases are read by an index of their own on every
+    # hand-out, not by joining every live lease of every campaign.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+", editable=False)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     order = models.CharField(max_length=2, choices=Order.choices)
     state = models.CharField(max_length=8, choices=State.choices, default=State.ACTIVE)
@@ -111,7 +116,11 @@ class Assignment(models.Model):
             models.UniqueConstraint(fields=["comparison", "annotator"], name="assignment_unique_per_annotator"),
             models.CheckConstraint(condition=Q(expires_at__gt=F("leased_at")), name="assignment_expiry_after_lease"),
         ]
-        indexes = [models.Index(fields=["comparison", "state", "expires_at"])]
+        indexes = [
+            models.Index(fields=["comparison", "state", "expires_at"]),
+            # A campaign's live leases alone (few, whatever its history): which comparisons they fill.
+            models.Index(fields=["campaign", "expires_at", "comparison"], condition=Q(state="active"), name="assignment_live_idx"),
+        ]
 
 
 class Vote(models.Model):

@@ -20,7 +20,7 @@ from django.utils import timezone
 from annotation.errors import Conflict, Forbidden, InvalidInput, NotFound
 from annotation.limits import MAX_SKIP_REASON_CHARS
 from annotation.models import Assignment, Campaign, CampaignMembership, Comparison, GuidelineVersion, Prompt, Response
-from annotation.prepared import Prepared
+from annotation.prepared import Prepared, columns, instance, instances
 from annotation.selectors import comparisons_open_to, sees_every_campaign
 
 _rng = random.SystemRandom()
@@ -41,8 +41,11 @@ def _gold_due(*, campaign: Campaign, annotator: AbstractBaseUser) -> bool:
 
 def _held(*, campaign, annotator, now):
     """``annotator``'s live leases in ``campaign`` (either: an object or its id)."""
-    return Assignment.objects.filter(_live_leases(now), annotator=annotator, comparison__campaign=campaign).order_by("leased_at")
+    return Assignment.objects.filter(_live_leases(now), annotator=annotator, campaign=campaign).order_by("leased_at")
 
+
+_HELD = Prepared(lambda campaign, annotator, now: _held(campaign=campaign, annotator=annotator, now=now).values_list("pk")[:1],
+                 campaign=int, annotator=int, now=datetime)
 
 # The membership row, locked until the lease commits: an admin removing the member meanwhile
 # waits for it, and then ends the new lease with the others (``campaign_members_remove``), or
@@ -80,10 +83,9 @@ def assignment_next(
         # A reload or a second tab gets the lease it already holds. Read in a statement after the
         # lock, so it sees a lease that a request holding the lock before us committed (the locking
         # statement's own snapshot predates its wait).
-        held = (_held(campaign=campaign, annotator=annotator, now=now)
-                .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
-        if held:
-            return held
+        if _HELD.rows(campaign=campaign.pk, annotator=annotator.pk, now=now):  # rare: a reload, a second tab
+            return (_held(campaign=campaign, annotator=annotator, now=now)
+                    .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
         return _lease(campaign=campaign, annotator=annotator, now=now)
 
 
@@ -162,32 +164,26 @@ def _lock_candidate(*, campaign, annotator, now, exclude, beside=None) -> Compar
     return None
 
 
-def _from_db(model, **values):
-    """An instance of ``model`` with these fields read from the database (the others deferred)."""
-    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
-    return model.from_db(connection.alias, names, [values[name] for name in names])
-
-
 def _shown(row: dict) -> Comparison:
-    comparison = _from_db(Comparison, **{f if f != "pk" else "id": row[f] for f in _CANDIDATE[:10]})
-    comparison.prompt = _from_db(Prompt, id=row["prompt_id"], messages=row["prompt__messages"])
-    comparison.response_a = _from_db(Response, id=row["response_a_id"], text=row["response_a__text"])
-    comparison.response_b = _from_db(Response, id=row["response_b_id"], text=row["response_b__text"])
+    comparison = instance(Comparison, **{f if f != "pk" else "id": row[f] for f in _CANDIDATE[:10]})
+    comparison.prompt = instance(Prompt, id=row["prompt_id"], messages=row["prompt__messages"])
+    comparison.response_a = instance(Response, id=row["response_a_id"], text=row["response_a__text"])
+    comparison.response_b = instance(Response, id=row["response_b_id"], text=row["response_b__text"])
     comparison.guideline = None
     if row["guideline_id"] is not None:
-        comparison.guideline = _from_db(GuidelineVersion, id=row["guideline_id"], campaign_id=row["campaign_id"],
+        comparison.guideline = instance(GuidelineVersion, id=row["guideline_id"], campaign_id=row["campaign_id"],
                                         version=row["guideline_number"], text=row["guideline_text"])
     return comparison
 
 
-_LEASE_COLUMNS = ("comparison_id", "annotator_id", "order", "state", "guideline_version_id", "leased_at", "expires_at", "skip_reason")
+_LEASE_COLUMNS = ("comparison_id", "campaign_id", "annotator_id", "order", "state", "guideline_version_id", "leased_at", "expires_at", "skip_reason")
 
 
 def _insert_query(*, campaign, annotator, now, comparison, order, guideline, expires_at, kind):
     """INSERT ... SELECT: the lease of ``comparison`` if this fresh statement (it sees every
     hand-out committed before our lock) still finds it open to ``annotator`` with a free slot."""
     values = {
-        "comparison_id": F("pk"), "annotator_id": Value(annotator), "order": Value(order),
+        "comparison_id": F("pk"), "campaign_id": F("campaign_id"), "annotator_id": Value(annotator), "order": Value(order),
         "state": Value(Assignment.State.ACTIVE), "guideline_version_id": Value(guideline, BigIntegerField()),
         "leased_at": Value(now, DateTimeField()), "expires_at": Value(expires_at, DateTimeField()), "skip_reason": Value(""),
     }
@@ -216,7 +212,7 @@ def _lease_insert(*, campaign, annotator, comparison: Comparison, now: datetime)
                                           order=order, guideline=guideline.pk if guideline else None, expires_at=expires_at)
     if not rows:
         return None
-    lease = _from_db(Assignment, id=rows[0][0], comparison_id=comparison.pk, annotator_id=annotator.pk, order=order,
+    lease = instance(Assignment, id=rows[0][0], comparison_id=comparison.pk, campaign_id=campaign.pk, annotator_id=annotator.pk, order=order,
                      state=Assignment.State.ACTIVE, guideline_version_id=guideline.pk if guideline else None, leased_at=now,
                      expires_at=expires_at, skip_reason="")
     lease.comparison, lease.annotator, lease.guideline_version = comparison, annotator, guideline
@@ -231,22 +227,36 @@ def assignments_expire(*, now: datetime | None = None) -> int:
     )
 
 
+# The lease, its comparison and campaign, and whether the annotator is (still) a member.
+_OWN_PARTS = ((Assignment, ""), (Comparison, "comparison__"), (Campaign, "comparison__campaign__"))
+
+
+def _own_query(*, assignment, annotator):
+    qs = (Assignment.objects.filter(pk=assignment)
+          .annotate(member=Exists(CampaignMembership.objects.filter(campaign=OuterRef("campaign"), user_id=annotator)))
+          .values_list(*(c for model, prefix in _OWN_PARTS for c in columns(model, prefix)), "member"))
+    if not connection.features.has_select_for_update_of:  # SQLite: its IMMEDIATE transaction holds the write lock
+        return qs
+    # the lease's and the comparison's rows (the ORM locks joined rows only with select_related)
+    qn = connection.ops.quote_name
+    return qs, f"{{select}} FOR UPDATE OF {qn(Assignment._meta.db_table)}, {qn(Comparison._meta.db_table)}"
+
+
+_OWN = Prepared(_own_query, assignment=int, annotator=int)
+
+
 def _locked_own_assignment(*, annotator: AbstractBaseUser, assignment_id: int) -> Assignment:
-    """The annotator's own lease and its comparison, locked (their rows as committed last), in a
-    campaign they may still work in (votes and skips). One statement."""
-    qs = Assignment.objects.select_for_update(of=("self", "comparison")).select_related("comparison__campaign")  # not the campaign row
-    staff = sees_every_campaign(annotator)
-    if not staff:
-        qs = qs.annotate(member=Exists(CampaignMembership.objects.filter(campaign=OuterRef("comparison__campaign"),
-                                                                         user_id=annotator.pk)))
-    try:
-        assignment = qs.get(pk=assignment_id)
-    except Assignment.DoesNotExist:
-        raise NotFound(f"Assignment {assignment_id} does not exist.") from None
+    """The annotator's own lease and its comparison, locked (their rows as committed last; not the
+    campaign's), in a campaign they may still work in (votes and skips). One statement, compiled
+    once (``Prepared``)."""
+    rows = _OWN.rows(assignment=assignment_id, annotator=annotator.pk)
+    if not rows:
+        raise NotFound(f"Assignment {assignment_id} does not exist.")
+    assignment, comparison, campaign, (member,) = instances(rows[0], *(model for model, _ in _OWN_PARTS))
+    assignment.comparison, comparison.campaign = comparison, campaign
     if assignment.annotator_id != annotator.pk:
         raise Forbidden("This assignment belongs to another annotator.")
-    campaign = assignment.comparison.campaign
-    if not (staff or assignment.member):
+    if not (member or sees_every_campaign(annotator)):
         # 403, not 404: the lease is theirs, so they know the campaign exists; say why it ended.
         raise Forbidden(f"You are no longer a member of campaign '{campaign.slug}': this lease is void.",
                         details={"campaign": campaign.slug})

@@ -46,7 +46,7 @@ def campaign_members_remove(*, campaign: Campaign, users: Iterable[AbstractBaseU
         removed, _ = CampaignMembership.objects.filter(campaign=campaign, user__in=users).delete()
         locked_out = [user.pk for user in users if not sees_every_campaign(user)]
         Assignment.objects.filter(
-            comparison__campaign=campaign, annotator_id__in=locked_out, state=Assignment.State.ACTIVE
+            campaign=campaign, annotator_id__in=locked_out, state=Assignment.State.ACTIVE
         ).update(state=Assignment.State.EXPIRED)
         if removed:
             audit_record(actor=removed_by, action=AuditEvent.Action.MEMBERS_REMOVE, campaign=campaign,

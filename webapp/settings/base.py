@@ -128,6 +128,10 @@ def database_from_url(url: str, *, pool_size: int = 0) -> dict:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             }
         )
+    if db["ENGINE"] != "django.db.backends.sqlite3" and env.bool("PREFLOOP_SSB", default=False):
+        db.setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=2)
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        pass
     elif pool_size > 0:
         # timeout: how long a request waits for a free connection before it fails
         db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 10}
@@ -175,7 +179,7 @@ REST_FRAMEWORK = {
     # Token first: a request without credentials answers 401 with WWW-Authenticate: Token (DRF
     # takes both from the first class); a browser's session still authenticates, CSRF-checked.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "annotation.authentication.TokenAuthentication",  # DRF's, its lookup compiled once
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -35,7 +35,7 @@
   }
 
   function showProgress(p) {
-    $("counter").textContent = p.done + " done · " + p.remaining + " left";
+    $("counter").textContent = p.done + " done · " + p.remaining + (p.remaining_capped ? "+" : "") + " left";
   }
 
   function render(a) {
