@@ -174,3 +174,29 @@ def test_next_vote_and_skip_are_rate_limited_per_user(people, settings):
     finally:
         SimpleRateThrottle.THROTTLE_RATES = old
         cache.delete_many(keys)
+
+
+def test_rate_limit_window_ends_and_counts_across_clients(people, settings):
+    """On Redis the limit is one counter per user and window (annotation/throttles.py): a second
+    client (another web process, a second tab) of the same user shares it; once the window's
+    time is up the user is served again."""
+    import time
+
+    from django.core.cache import cache
+    from rest_framework.settings import api_settings
+    from rest_framework.throttling import SimpleRateThrottle
+
+    key = f"throttle_annotate_{people[M].pk}"
+    cache.delete(key)
+    old = SimpleRateThrottle.THROTTLE_RATES
+    SimpleRateThrottle.THROTTLE_RATES = {**api_settings.DEFAULT_THROTTLE_RATES, "annotate": "3/s"}
+    try:
+        one, two = _api_client(people[M]), _api_client(people[M])
+        codes = [c.post("/api/campaigns/c1/next/").status_code for c in (one, two, one, two)]
+        assert codes == [200, 200, 200, 429]
+        assert one.post("/api/campaigns/c1/next/")["Retry-After"] == "1"
+        time.sleep(1.1)
+        assert two.post("/api/campaigns/c1/next/").status_code == 200
+    finally:
+        SimpleRateThrottle.THROTTLE_RATES = old
+        cache.delete(key)
