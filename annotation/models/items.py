@@ -50,7 +50,8 @@ class Comparison(models.Model):
         OPEN = "open"
         COMPLETE = "complete"
 
-    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="comparisons")
+    # no index of its own: comparison_handout_idx and comparison_unique_pair begin with it
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="comparisons", db_index=False)
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="comparisons")
     response_a = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
     response_b = models.ForeignKey(Response, on_delete=models.PROTECT, related_name="+")
@@ -97,7 +98,9 @@ class Assignment(models.Model):
         SKIPPED = "skipped"
         EXPIRED = "expired"
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    # no index of its own: assignment_unique_per_annotator begins with it (each index costs every
+    # lease, vote and skip: a lease's state is indexed, so its updates touch every index)
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments", db_index=False)
     # The comparison's campaign, copied when the lease is made (its one writer: the hand-out's
     # INSERT ... SELECT): a campaign's live leases are read by an index of their own on every
     # hand-out, not by joining every live lease of every campaign.
@@ -117,7 +120,6 @@ class Assignment(models.Model):
             models.CheckConstraint(condition=Q(expires_at__gt=F("leased_at")), name="assignment_expiry_after_lease"),
         ]
         indexes = [
-            models.Index(fields=["comparison", "state", "expires_at"]),
             # A campaign's live leases alone (few, whatever its history): which comparisons they fill.
             models.Index(fields=["campaign", "expires_at", "comparison"], condition=Q(state="active"), name="assignment_live_idx"),
         ]
