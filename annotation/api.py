@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 
 from annotation import selectors, services
 from annotation.errors import ApplicationError, ImportRejected, InvalidInput
-from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS
+from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT, MAX_SKIP_REASON_CHARS, PROGRESS_COUNT_CAP
 from annotation.models import Assignment, AuditEvent, Campaign, Choice, Strength, Vote
 from annotation.parsing import ImportReport, jsonl_lines, prompt_file_format
 from annotation.rendering import markdown_html
@@ -100,7 +100,7 @@ class AssignmentOut(serializers.Serializer):
 class ProgressOut(serializers.Serializer):
     done = serializers.IntegerField()
     skipped = serializers.IntegerField()
-    remaining = serializers.IntegerField(help_text="Comparisons still open to you, counted up to 100")
+    remaining = serializers.IntegerField(help_text=f"Comparisons still open to you, counted up to {PROGRESS_COUNT_CAP}")
     remaining_capped = serializers.BooleanField(help_text="true: more than `remaining` are open (the count stopped there)")
 
 

@@ -26,13 +26,13 @@ from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 log = logging.getLogger(__name__)
 
 _client_lock = threading.Lock()
-_clients: dict[int, object] = {}
+_clients: dict[tuple, object] = {}
 
 
 def _redis_client(cache: RedisCache):
-    """One client per process on the cache's connection pool (Django builds a new client object,
-    ~0.3 ms here, on every cache call)."""
-    key = id(cache)
+    """One client per process and Redis server, on a connection pool of its own (Django builds a
+    new client object, ~0.3 ms here, on every cache call; and a cache object per thread)."""
+    key = (*cache._servers, repr(sorted(cache._options.items())))
     if key not in _clients:
         with _client_lock:
             _clients.setdefault(key, cache._cache.get_client(write=True))

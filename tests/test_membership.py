@@ -218,15 +218,9 @@ def test_demo_annotators_are_members_of_the_demo_campaign(db):
 
 @pytest.mark.django_db(transaction=True)
 def test_migration_makes_past_workers_members():
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
+    from tests.test_migrations import migrated_back_to
 
-    before = [("annotation", "0009_rl_kinds")]
-    executor = MigrationExecutor(connection)
-    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
-    executor.migrate(before)
-    try:
-        apps = executor.loader.project_state(before).apps
+    with migrated_back_to("0009_rl_kinds") as apps:
         get = lambda name: apps.get_model("annotation", name)  # noqa: E731
         user = apps.get_model("auth", "User").objects.create(username="worker")
         campaign = get("Campaign").objects.create(slug="old", name="old")
@@ -237,9 +231,6 @@ def test_migration_makes_past_workers_members():
         now = timezone.now()
         get("Assignment").objects.create(comparison=comparison, annotator=user, order="ab", leased_at=now,
                                          expires_at=now + timedelta(minutes=1))
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(latest)
     assert list(CampaignMembership.objects.values_list("campaign__slug", "user__username")) == [("old", "worker")]
 
 

@@ -2,6 +2,7 @@
 rows; of several active runs of one campaign and kind only one stays active; and the models
 match the migrations."""
 
+import contextlib
 import io
 
 import pytest
@@ -11,7 +12,20 @@ from django.db.migrations.executor import MigrationExecutor
 
 from annotation.models import TrainingMetric, TrainingRun
 
-BEFORE = [("annotation", "0003_runs_metrics_policies")]
+
+
+@contextlib.contextmanager
+def migrated_back_to(name: str):
+    """The database at annotation's migration ``name`` (its historical models' registry is
+    yielded), then at the latest migrations again, whatever the block did."""
+    target = [("annotation", name)]
+    executor = MigrationExecutor(connection)
+    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
+    executor.migrate(target)
+    try:
+        yield executor.loader.project_state(target).apps
+    finally:
+        MigrationExecutor(connection).migrate(latest)
 
 
 def test_models_match_migrations(db):
@@ -22,11 +36,7 @@ def test_models_match_migrations(db):
 
 @pytest.mark.django_db(transaction=True)
 def test_metrics_json_to_rows_and_one_active_run_per_kind():
-    executor = MigrationExecutor(connection)
-    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
-    executor.migrate(BEFORE)
-    try:
-        apps = executor.loader.project_state(BEFORE).apps
+    with migrated_back_to("0003_runs_metrics_policies") as apps:
         Campaign, ModelVersion, Run = (apps.get_model("annotation", m) for m in ("Campaign", "ModelVersion", "TrainingRun"))
         campaign = Campaign.objects.create(slug="m", name="m")
         base = ModelVersion.objects.create(name="b", base="b")
@@ -41,9 +51,6 @@ def test_metrics_json_to_rows_and_one_active_run_per_kind():
         queued_new = Run.objects.create(kind="dpo", campaign=campaign, base_version=base, status="queued")
         running = Run.objects.create(kind="reward", campaign=campaign, base_version=base, status="running")
         queued_after_running = Run.objects.create(kind="reward", campaign=campaign, base_version=base, status="queued")
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(latest)
     rows = TrainingMetric.objects.filter(run_id=done.pk).order_by("step", "name").values_list("step", "name", "value")
     assert list(rows) == [(1, "learning_rate", 1e-5), (1, "loss", 0.7), (2, "eval_loss", 0.5), (2, "loss", 0.6)]
     assert TrainingRun.objects.get(pk=done.pk).step == 2
@@ -59,12 +66,7 @@ def test_leases_get_their_comparisons_campaign():
     by their own index)."""
     from annotation.models import Assignment
 
-    before = [("annotation", "0011_audit_log")]
-    executor = MigrationExecutor(connection)
-    latest = [("annotation", executor.loader.graph.leaf_nodes("annotation")[0][1])]
-    executor.migrate(before)
-    try:
-        apps = executor.loader.project_state(before).apps
+    with migrated_back_to("0011_audit_log") as apps:
         Campaign, Prompt, Response, Comparison, Lease = (
             apps.get_model("annotation", m) for m in ("Campaign", "Prompt", "Response", "Comparison", "Assignment")
         )
@@ -79,7 +81,4 @@ def test_leases_get_their_comparisons_campaign():
             lease = Lease.objects.create(comparison=comparison, annotator=user, order="ab", leased_at="2026-01-01T00:00Z",
                                          expires_at="2026-01-01T00:30Z")
             made[lease.pk] = campaign.pk
-    finally:
-        executor = MigrationExecutor(connection)
-        executor.migrate(latest)
     assert dict(Assignment.objects.filter(pk__in=made).values_list("pk", "campaign_id")) == made

@@ -128,10 +128,6 @@ def database_from_url(url: str, *, pool_size: int = 0) -> dict:
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             }
         )
-    if db["ENGINE"] != "django.db.backends.sqlite3" and env.bool("PREFLOOP_SSB", default=False):
-        db.setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=2)
-    if db["ENGINE"] == "django.db.backends.sqlite3":
-        pass
     elif pool_size > 0:
         # timeout: how long a request waits for a free connection before it fails
         db.setdefault("OPTIONS", {})["pool"] = {"min_size": 1, "max_size": pool_size, "timeout": 10}
