@@ -33,12 +33,16 @@ class ModelBackend(backends.ModelBackend):
         return user_obj._perm_cache
 
 
+def permissions_of(user) -> QuerySet[Permission]:
+    """``user``'s own permissions and their groups' (a user, an id, or an expression: in a
+    subquery, ``OuterRef(OuterRef(...))``, the user column two queries out)."""
+    return Permission.objects.filter(Q(pk__in=Permission.objects.filter(user=user).values("pk"))
+                                     | Q(pk__in=Permission.objects.filter(group__user=user).values("pk")))
+
+
 def _perms_query(user=None):
-    """Permissions (app label, codename): all of them, or ``user``'s own and their groups'."""
-    perms = Permission.objects.all()
-    if user is not None:
-        perms = perms.filter(Q(pk__in=Permission.objects.filter(user=user).values("pk"))
-                             | Q(pk__in=Permission.objects.filter(group__user=user).values("pk")))
+    """Permissions (app label, codename): all of them, or ``user``'s (``permissions_of``)."""
+    perms = Permission.objects.all() if user is None else permissions_of(user)
     return perms.values_list("content_type__app_label", "codename").order_by()
 
 

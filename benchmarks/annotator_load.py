@@ -129,6 +129,58 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
             "n_errors": len(errors), "calls": stats}
 
 
+FLOORS = {
+    # Django's middleware and URL resolver, the JSON 404 of an unknown API path: no DRF, no database
+    "django": ("/api/no-such-endpoint/", False),
+    # what a vote does before it reads its lease: DRF, token authentication (one query),
+    # permissions (one query), the rate limit (Redis), the body's validation: {} is a 400
+    "drf": ("/api/assignments/1/vote/", True),
+}
+
+
+def floor_child(host: str, tokens_file: str, seconds: float, kind: str) -> dict:
+    """The server's floor: N users (one per token) each looping one request that does no work of
+    ours (``FLOORS[kind]``, a JSON 404 or 400), zero think time. A cycle is such a request plus the work
+    of a vote and a lease, so this bounds cycles/s from above."""
+    path, auth = FLOORS[kind]
+    import gevent
+    from locust import FastHttpUser, constant, events, task
+    from locust.env import Environment
+
+    queue = list(json.loads(Path(tokens_file).read_text()))
+    done, bad = [0], [0]
+
+    class Caller(FastHttpUser):
+        wait_time = constant(0)
+
+        def on_start(self):
+            token = queue.pop()
+            self.headers = {"Authorization": f"Token {token}"} if auth else {}
+
+        @task
+        def call(self):
+            call = self.client.post(path, json={}, headers=self.headers, name="floor", catch_response=True) if auth else \
+                self.client.get(path, headers=self.headers, name="floor", catch_response=True)
+            with call as r:
+                if r.status_code == (400 if auth else 404):
+                    r.success()
+                    done[0] += 1
+                else:
+                    bad[0] += 1
+                    r.failure(f"status {r.status_code}")
+
+    env = Environment(user_classes=[Caller], host=host, events=events, stop_timeout=10)
+    runner = env.create_local_runner()
+    runner.start(len(queue), spawn_rate=len(queue))
+    gevent.sleep(2)  # every user started and warm
+    n0, t0 = done[0], time.perf_counter()
+    gevent.sleep(seconds)
+    n, elapsed = done[0] - n0, time.perf_counter() - t0
+    runner.stop()
+    runner.quit()
+    return {"requests_per_s": n / elapsed, "errors": bad[0]}
+
+
 # ---------------------------------------------------------------- setup and checks (this process, Django)
 
 
@@ -218,9 +270,17 @@ def main() -> None:
     ap.add_argument("--db", default=DEFAULT_DB)
     ap.add_argument("--combined", action="store_true",
                     help="one request per cycle: each vote asks for the next lease (\"next\": true)")
+    ap.add_argument("--floor", action="store_true",
+                    help="also measure the server's floor at the largest N: requests/s of calls that do no work (JSON 404s: "
+                    "Django alone; Django, DRF and a token), the most cycles/s could reach")
+    ap.add_argument("--floor-child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     harness.add_arguments(ap, repeats=1)
     args = ap.parse_args()
+    if args.floor_child:
+        host, tokens, seconds, kind = args.floor_child
+        harness.child_report(floor_child(host, tokens, float(seconds), kind))
+        return
     if args.child:
         host, tokens, slug, max_s, pace, *retry = args.child
         harness.child_report(child(host, tokens, slug, float(max_s), float(pace), retry=bool(retry), combined=args.combined))
@@ -263,6 +323,18 @@ def main() -> None:
                 fields[f"cycles_per_s_{key}"] = round(rate, 1)
                 if pace:
                     fields[f"p99_ms_{key}"] = max(st["p99"] for st in r["calls"].values())
+            if args.floor:
+                n = max(int(n) for n in args.users.split(","))
+                _slug, tokens = make_run(n, 1)
+                tokens_file = Path(tmp) / "floor.json"
+                tokens_file.write_text(json.dumps(tokens))
+                for kind, (path, auth) in FLOORS.items():
+                    r = harness.run_child(__file__, ["--floor-child", f"http://127.0.0.1:{port}", str(tokens_file), "20", kind],
+                                          cwd=str(ROOT))
+                    print(f"floor {kind:<6} N={n}: {r['requests_per_s']:7.1f} requests/s of " + (f"POST {path} {{}} with a token (a 400)" if auth
+                          else f"GET {path} (a 404)") + f"  errors {r['errors']}", flush=True)
+                    fields[f"floor_{kind}_requests_per_s"] = round(r["requests_per_s"], 1)
+                    errors += r["errors"]
         finally:
             proc.terminate()
             proc.wait(timeout=30)
