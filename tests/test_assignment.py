@@ -33,6 +33,20 @@ def test_same_lease_is_returned_until_voted(campaign, comparisons, annotator):
     assert second.comparison_id != first.comparison_id
 
 
+def test_the_lease_held_is_returned_also_when_nothing_else_is_open(db, annotator):
+    """A reload on the campaign's last open comparison: the candidate's statement finds no row
+    (the annotator's own lease excludes it), and the lease held is still answered, whole."""
+    campaign = CampaignFactory(slug="last", votes_per_pair=1)
+    only = ComparisonFactory(campaign=campaign)
+    services.campaign_members_add(campaign=campaign, users=[annotator])
+    first = services.assignment_next(campaign=campaign, annotator=annotator)
+    again = services.assignment_next(campaign=campaign, annotator=annotator)
+    assert (again.pk, again.comparison_id) == (first.pk, only.pk)
+    assert again.comparison.response_a.text == only.response_a.text and again.guideline_version_id == first.guideline_version_id
+    services.vote_submit(annotator=annotator, assignment_id=first.pk, choice="a")
+    assert services.assignment_next(campaign=campaign, annotator=annotator) is None
+
+
 def test_never_the_same_comparison_twice_and_stops_when_exhausted(campaign, comparisons, annotator):
     seen = set()
     for _ in comparisons:

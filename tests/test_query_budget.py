@@ -3,15 +3,15 @@ asks for the next lease, and a skip may not grow their SQL. Set at what they mak
 included (the test client's user keeps its permissions after the first call; a token request reads
 them with its token, in no query more). Before issue 13: next 15 (+4 with gold due), held lease 7, vote 11, skip 11.
 
-next: permissions, campaign, [membership locked, lease held (read after the lock), candidate locked with what it is
-shown with, INSERT ... SELECT re-checking it], progress in one statement. A lease already held (a
-reload, a second tab) is read whole only once the cheap check found it: one query more on that
-rare path, none on the common one. vote: [lease and comparison locked with the membership check,
+next: permissions, campaign, [membership locked, candidate locked with what it is shown with and the
+annotator's lease held if any (read after the lock), INSERT ... SELECT re-checking it], progress in
+one statement. A lease already held (a reload, a second tab) is read whole only once the candidate's
+statement found it: one query more on that rare path, none on the common one. vote: [lease and comparison locked with the membership check,
 vote, lease done, count]."""
 
 import pytest
 
-NEXT_BUDGET, HELD_BUDGET, VOTE_BUDGET, SKIP_BUDGET = 9, 7, 6, 4
+NEXT_BUDGET, HELD_BUDGET, VOTE_BUDGET, SKIP_BUDGET = 8, 7, 6, 4
 # gold due: the gold candidate is locked beside the normal one (checked still open in that statement)
 GOLD_EXTRA = 1
 # the vote's transaction, then the lease's and the progress: no permission or campaign query of its own

@@ -1,10 +1,10 @@
 """Fair assignment: leasing comparisons to annotators, skips and lease expiry.
 
-A lease is a few statements in one transaction (``assignment_next``): lock the membership (and
-read a lease already held), lock a candidate comparison (SELECT ... FOR UPDATE SKIP LOCKED, with
-what the lease is shown with), then one INSERT ... SELECT that re-checks the candidate in a fresh
-statement, which sees every hand-out committed before our lock, and leases it only if it still
-has a free slot."""
+A lease is a few statements in one transaction (``assignment_next``): lock the membership, lock
+a candidate comparison (SELECT ... FOR UPDATE SKIP LOCKED, with what the lease is shown with and
+a lease the annotator already holds, if any), then one INSERT ... SELECT that re-checks the
+candidate in a fresh statement, which sees every hand-out committed before our lock, and leases
+it only if it still has a free slot."""
 
 from __future__ import annotations
 
@@ -80,13 +80,13 @@ def assignment_next(
             raise NotFound(f"No campaign '{campaign.slug}'.")
         if not campaign.is_active:
             raise Conflict(f"Campaign '{campaign.slug}' is not active.")
-        # A reload or a second tab gets the lease it already holds. Read in a statement after the
-        # lock, so it sees a lease that a request holding the lock before us committed (the locking
-        # statement's own snapshot predates its wait).
-        if _HELD.rows(campaign=campaign.pk, annotator=annotator.pk, now=now):  # rare: a reload, a second tab
-            return (_held(campaign=campaign, annotator=annotator, now=now)
-                    .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
         return _lease(campaign=campaign, annotator=annotator, now=now)
+
+
+def _held_lease(*, campaign, annotator, now) -> Assignment | None:
+    """The lease ``annotator`` holds in ``campaign``, whole (rare: a reload, a second tab)."""
+    return (_held(campaign=campaign, annotator=annotator, now=now)
+            .select_related(*(f"comparison__{f}" for f in _SHOWN), "guideline_version").first())
 
 
 def _lease(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime) -> Assignment | None:
@@ -96,6 +96,8 @@ def _lease(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime) ->
     rejected: list[int] = []
     gold_due = campaign.gold_rate > 0 and _gold_due(campaign=campaign, annotator=annotator)
     while (normal := _lock_candidate(campaign=campaign, annotator=annotator, now=now, exclude=rejected)) is not None:
+        if normal is HELD:
+            return _held_lease(campaign=campaign, annotator=annotator, now=now)
         if gold_due:
             gold_due = False  # one try per hand-out: a gold item not leased below leaves the normal one
             gold_rejected: list[int] = []
@@ -112,7 +114,8 @@ def _lease(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime) ->
 
 _CANDIDATE = ("pk", "campaign_id", "prompt_id", "response_a_id", "response_b_id", "kind", "gold_answer", "status",
               "votes_required", "vote_count", "prompt__messages", "response_a__text", "response_b__text",
-              "guideline_id", "guideline_number", "guideline_text")
+              "guideline_id", "guideline_number", "guideline_text", "held")
+HELD = object()  # ``_lock_candidate``'s answer when the annotator already holds a lease in the campaign
 
 
 def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_locked=True):
@@ -120,6 +123,9 @@ def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_
     with what it is shown with and the campaign's current guideline (``guideline_*``): the lock in
     a subquery that sorts ids only, the rest joined to the one row it returns. ``beside`` (gold):
     the normal candidate locked before, still open to them, checked in the same statement.
+    ``held``: a live lease the annotator holds in the campaign already (a reload, a second tab),
+    read in this statement, after the membership lock, so it sees a lease that a request holding
+    that lock before us committed (the locking statement's own snapshot predates its wait).
     ``vote_count`` and ``status`` are as of the statement's snapshot: ``_lease_insert`` re-checks."""
     kind = Comparison.Kind.NORMAL if beside is None else Comparison.Kind.GOLD
     qs = comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
@@ -133,6 +139,7 @@ def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_
         guideline_id=Subquery(guideline.values("pk"), output_field=IntegerField()),
         guideline_number=Subquery(guideline.values("version"), output_field=IntegerField()),
         guideline_text=Subquery(guideline.values("text"), output_field=TextField()),
+        held=Subquery(_held(campaign=campaign, annotator=annotator, now=now).values("pk")[:1], output_field=BigIntegerField()),
     ).values_list(*_CANDIDATE)[:1]
 
 
@@ -147,11 +154,14 @@ _CANDIDATES = {
 }
 
 
-def _lock_candidate(*, campaign, annotator, now, exclude, beside=None) -> Comparison | None:
+def _lock_candidate(*, campaign, annotator, now, exclude, beside=None) -> Comparison | object | None:
     """Lock and read the next candidate (``_candidate_query``): skipping locked rows, and when
     that finds none, waiting for one (everything left may be locked only for a moment by another
-    hand-out or vote: not "nothing left" too early). Compiled once (``Prepared``) unless a
-    candidate was rejected in this hand-out already (rare: a race lost)."""
+    hand-out or vote: not "nothing left" too early). ``HELD`` when the annotator holds a lease
+    already (first try of a hand-out only; with no candidate, asked on its own before waiting).
+    Compiled once (``Prepared``) unless a candidate was rejected in this hand-out already (rare:
+    a race lost)."""
+    first = not exclude and beside is None
     for skip in (True, False):
         if exclude:
             rows = list(_candidate_query(campaign=campaign, annotator=annotator, now=now, exclude=exclude, beside=beside,
@@ -160,7 +170,10 @@ def _lock_candidate(*, campaign, annotator, now, exclude, beside=None) -> Compar
             more = {} if beside is None else {"beside": beside}
             rows = _CANDIDATES[beside is not None, skip].rows(campaign=campaign.pk, annotator=annotator.pk, now=now, **more)
         if rows:
-            return _shown(dict(zip(_CANDIDATE, rows[0])))
+            row = dict(zip(_CANDIDATE, rows[0]))
+            return HELD if first and row["held"] is not None else _shown(row)
+        if first and skip and _HELD.rows(campaign=campaign.pk, annotator=annotator.pk, now=now):
+            return HELD  # nothing open (or all locked for now): a lease held is answered without waiting
     return None
 
 
