@@ -13,8 +13,9 @@ plan, 0.6 ms to run). Its parameters are then bound on the server, not quoted in
 (A transaction-pooling PgBouncer between Django and PostgreSQL would need its prepared-statement
 support, PgBouncer >= 1.21.)
 
-Inputs are ints, datetimes or strings; an int input may be given None (SQL NULL) where the
-query only selects it. Stand-ins cannot collide with the queries' own constants.
+Inputs are ints, floats, bools, datetimes or strings; an input may be given None (SQL NULL)
+where the query only selects it. Stand-ins cannot collide with the queries' own constants (a
+bool's positions are those that flip when the query is built again with it flipped).
 """
 
 from __future__ import annotations
@@ -62,11 +63,16 @@ _STAND_IN_INT = -2_047_000_000  # in int4's range: Django may pass it as psycopg
 _STAND_IN_TIME = datetime(1901, 2, 3, tzinfo=dt_timezone.utc)
 
 
+def _split(built) -> tuple[QuerySet, str]:
+    """A build's query and the template around its SQL."""
+    return built if isinstance(built, tuple) else (built, "{select}")
+
+
 class Prepared:
     def __init__(self, build: Callable[..., QuerySet | tuple[QuerySet, str]], **inputs: type):
         """``build(**stand_ins)``: the query (or the query and a template around its SQL, with
         ``{select}`` where its SELECT goes, e.g. an INSERT ... SELECT, or a locking clause after
-        it). ``inputs``: name -> int, datetime or str."""
+        it). ``inputs``: name -> int, float, bool, datetime or str."""
         self._build, self._inputs, self._compiled, self._lock = build, inputs, {}, threading.Lock()
 
     def _stand_ins(self) -> dict:
@@ -74,12 +80,16 @@ class Prepared:
         for i, (name, kind) in enumerate(self._inputs.items()):
             if kind is int:
                 out[name] = _STAND_IN_INT - i
+            elif kind is float:
+                out[name] = _STAND_IN_INT - i - 0.25
+            elif kind is bool:
+                out[name] = True
             elif kind is datetime:
                 out[name] = _STAND_IN_TIME + timedelta(seconds=i)
             elif kind is str:
                 out[name] = f"\x1fstand-in {i}\x1f"
             else:
-                raise TypeError(f"input {name}: int, datetime or str, not {kind}")
+                raise TypeError(f"input {name}: int, float, bool, datetime or str, not {kind}")
         return out
 
     def _adapt(self, kind: type, value):
@@ -87,12 +97,17 @@ class Prepared:
 
     def _compile(self):
         stand_ins = self._stand_ins()
-        built = self._build(**stand_ins)
-        qs, template = built if isinstance(built, tuple) else (built, "{select}")
+        qs, template = _split(self._build(**stand_ins))
         compiler = qs.query.get_compiler(connection=connection)
         sql, params = compiler.as_sql()
         where: dict[str, list[int]] = {}
         for name, kind in self._inputs.items():
+            if kind is bool:
+                _sql, flipped = _split(self._build(**{**stand_ins, name: False}))[0].query.get_compiler(connection=connection).as_sql()
+                where[name] = [(i, bool) for i, (p, q) in enumerate(zip(params, flipped)) if p is True and q is False]
+                if not where[name]:
+                    raise ValueError(f"input {name} does not reach the query's parameters")
+                continue
             marker = self._adapt(kind, stand_ins[name])
             base = type(marker)
             # (position, the type the ORM gave it there: a subclass such as psycopg's Int4 is kept)

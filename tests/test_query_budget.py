@@ -11,7 +11,7 @@ vote, lease done, count]."""
 
 import pytest
 
-NEXT_BUDGET, HELD_BUDGET, VOTE_BUDGET, SKIP_BUDGET = 8, 7, 6, 4
+NEXT_BUDGET, HELD_BUDGET, VOTE_BUDGET, SKIP_BUDGET = 8, 7, 4, 4
 # gold due: the gold candidate is locked beside the normal one (checked still open in that statement)
 GOLD_EXTRA = 1
 # the vote's transaction, then the lease's and the progress: no permission or campaign query of its own

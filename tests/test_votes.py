@@ -32,6 +32,37 @@ def test_vote_maps_shown_position_to_response_and_records_context(campaign, comp
     assert v.guideline_version.version == 1
 
 
+@pytest.mark.parametrize("kind", ["normal", "gold"])
+def test_the_stored_vote_lease_and_counts_are_what_the_vote_answered(db, annotators, kind):
+    """The vote's row (one statement with the lease's and the comparison's on PostgreSQL) holds
+    every column as answered; the lease is done; the count, status and completion time moved."""
+    from django.forms.models import model_to_dict
+
+    from annotation.models import Assignment, Comparison
+
+    campaign = CampaignFactory(votes_per_pair=1, gold_rate=0.0 if kind == "normal" else 1.0)
+    comparison = ComparisonFactory(campaign=campaign, kind=kind, gold_answer="b" if kind == "gold" else "")
+    if kind == "gold":
+        ComparisonFactory(campaign=campaign)  # gold is handed out beside normal work
+    annotator = annotators[0]
+    services.campaign_members_add(campaign=campaign, users=[annotator])
+    a = lease(annotator, campaign)
+    if kind == "gold":
+        assert a.comparison_id == comparison.pk
+    result = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice=shown(a, "b"), seconds_spent=None)
+    stored = Vote.objects.get(pk=result.vote.pk)
+    assert model_to_dict(stored) == model_to_dict(result.vote) and stored.created_at == result.vote.created_at
+    assert (stored.choice, stored.seconds_spent, stored.judge, stored.judge_details) == ("b", None, "", {})
+    assert stored.is_gold_correct is (True if kind == "gold" else None)
+    assert Assignment.objects.get(pk=a.pk).state == "done"
+    after = Comparison.objects.get(pk=a.comparison_id)
+    assert after.vote_count == 1
+    if kind == "normal":
+        assert after.status == "complete" and after.completed_at is not None
+    else:  # gold items have no cap: they stay open
+        assert after.status == "open" and after.completed_at is None
+
+
 def test_double_submit_stores_one_vote(campaign, comparisons, annotator):
     a = lease(annotator, campaign)
     first = services.vote_submit(annotator=annotator, assignment_id=a.pk, choice="tie")

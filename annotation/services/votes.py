@@ -8,12 +8,15 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import BooleanField, DateTimeField, F, FloatField, JSONField, Value
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from annotation.errors import AlreadyVoted, ComparisonClosed, InvalidInput, LeaseExpired
 from annotation.limits import MAX_RATIONALE_CHARS, MAX_SECONDS_SPENT
 from annotation.models import Assignment, Campaign, Choice, Comparison, Preference, Strength, Vote
+from annotation.prepared import Prepared
 from annotation.services.assignment import _locked_own_assignment
 
 
@@ -81,7 +84,7 @@ def vote_submit(
                 "Your lease on this comparison has ended; it went back to the pool.",
                 details={"state": assignment.state, "expired_at": assignment.expires_at.isoformat()},
             )
-        vote = Vote.objects.create(
+        vote = Vote(
             comparison=comparison,
             annotator=annotator,
             assignment=assignment,
@@ -92,19 +95,68 @@ def vote_submit(
             order_shown=assignment.order,
             seconds_spent=seconds_spent,
             is_gold_correct=(canonical == comparison.gold_answer) if comparison.kind == Comparison.Kind.GOLD else None,
+            created_at=timezone.now(),  # (what auto_now_add sets)
         )
-        Assignment.objects.filter(pk=assignment.pk).update(state=Assignment.State.DONE)
         assignment.state = Assignment.State.DONE
         # The comparison row is locked: its count is exact, no read-back needed.
         comparison.vote_count += 1
         complete = comparison.kind == Comparison.Kind.NORMAL and comparison.vote_count >= comparison.votes_required
-        changes = {"vote_count": comparison.vote_count}
         if complete:
             comparison.status, comparison.completed_at = Comparison.Status.COMPLETE, now
-            changes.update(status=comparison.status, completed_at=now)
-        Comparison.objects.filter(pk=comparison.pk).update(**changes)
+        _vote_store(vote=vote, assignment=assignment, comparison=comparison)
         preference = _comparison_complete(comparison=comparison) if complete else None
     return VoteResult(vote=vote, created=True, preference=preference, campaign=comparison.campaign)
+
+
+_VOTE_COLUMNS = [f.attname for f in Vote._meta.concrete_fields if not f.primary_key]
+_COUNTS = ("vote_count", "status", "completed_at")  # what a vote changes on its comparison
+
+
+def _write_query(*, assignment, choice, strength, rationale, seconds_spent, is_gold_correct, created_at, vote_count, status,
+                 completed_at):
+    """PostgreSQL: the vote's row, its lease done and its comparison's counts in one statement. The
+    values are one row selected from the lease (``s``): the vote's columns (``v_*``), the lease's
+    new state and the comparison's new counts, all decided by ``vote_submit``."""
+    vote = {"comparison_id": F("comparison_id"), "annotator_id": F("annotator_id"), "judge": Value(""), "assignment_id": F("pk"),
+            "choice": Value(choice), "strength": Value(strength), "rationale": Value(rationale),
+            "guideline_version_id": F("guideline_version_id"), "order_shown": F("order"),
+            "seconds_spent": Cast(Value(seconds_spent), FloatField()), "is_gold_correct": Cast(Value(is_gold_correct), BooleanField()),
+            "judge_details": Value({}, JSONField()), "created_at": Value(created_at, DateTimeField())}
+    assert list(vote) == _VOTE_COLUMNS, "a Vote column without a value here"
+    counts = {"vote_count": Value(vote_count), "status": Value(status), "completed_at": Cast(Value(completed_at), DateTimeField())}
+    select = Assignment.objects.filter(pk=assignment).annotate(
+        **{f"v_{k}": v for k, v in vote.items()}, a_state=Value(Assignment.State.DONE), **{f"c_{k}": v for k, v in counts.items()},
+    ).values_list(*(f"v_{k}" for k in vote), "a_state", *(f"c_{k}" for k in counts))
+    qn = connection.ops.quote_name
+    cols = ", ".join(qn(c) for c in _VOTE_COLUMNS)
+    return select, (
+        f"WITH s AS ({{select}}), "
+        f"v AS (INSERT INTO {qn(Vote._meta.db_table)} ({cols}) SELECT {', '.join(f's.v_{c}' for c in _VOTE_COLUMNS)} FROM s RETURNING id), "
+        f"a AS (UPDATE {qn(Assignment._meta.db_table)} SET {qn('state')} = s.a_state FROM s WHERE {qn('id')} = s.v_assignment_id), "
+        f"c AS (UPDATE {qn(Comparison._meta.db_table)} SET {', '.join(f'{qn(k)} = s.c_{k}' for k in _COUNTS)} "
+        f"FROM s WHERE {qn('id')} = s.v_comparison_id) "
+        f"SELECT id FROM v"
+    )
+
+
+_WRITE = Prepared(_write_query, assignment=int, choice=str, strength=str, rationale=str, seconds_spent=float, is_gold_correct=bool,
+                  created_at=datetime, vote_count=int, status=str, completed_at=datetime)
+
+
+def _vote_store(*, vote: Vote, assignment: Assignment, comparison: Comparison) -> None:
+    """Write ``vote``, ``assignment``'s state and ``comparison``'s counts, as set on them (both rows
+    locked by the caller). On PostgreSQL one statement, compiled once (``Prepared``); elsewhere
+    (SQLite cannot modify rows in a WITH) three."""
+    if connection.vendor != "postgresql":
+        vote.save(force_insert=True)
+        Assignment.objects.filter(pk=assignment.pk).update(state=assignment.state)
+        Comparison.objects.filter(pk=comparison.pk).update(**{k: getattr(comparison, k) for k in _COUNTS})
+        return
+    rows = _WRITE.rows(assignment=assignment.pk, choice=vote.choice, strength=vote.strength, rationale=vote.rationale,
+                       seconds_spent=vote.seconds_spent, is_gold_correct=vote.is_gold_correct, created_at=vote.created_at,
+                       vote_count=comparison.vote_count, status=comparison.status, completed_at=comparison.completed_at)
+    vote.pk = rows[0][0]
+    vote._state.adding, vote._state.db = False, connection.alias
 
 
 @dataclass(frozen=True)
