@@ -6,13 +6,11 @@ members of (``CampaignMembership``), and they lease, vote and skip only there. R
 
 from __future__ import annotations
 
-from datetime import datetime
 
 from django.contrib.auth import backends, get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Permission
-from django.db.models import Count, Exists, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
-from django.utils import timezone
 
 from annotation.errors import InvalidInput
 from annotation.limits import PROGRESS_COUNT_CAP
@@ -83,31 +81,21 @@ def campaign_members(*, campaign: Campaign) -> QuerySet:
     return get_user_model().objects.filter(campaign_memberships__campaign=campaign).order_by("username")
 
 
-def comparisons_open_to(
-    *, campaign: Campaign, annotator: AbstractBaseUser, kind: str = Comparison.Kind.NORMAL, now=None
-) -> QuerySet[Comparison]:
+def comparisons_open_to(*, campaign: Campaign, annotator: AbstractBaseUser, kind: str = Comparison.Kind.NORMAL) -> QuerySet[Comparison]:
     """Open comparisons this annotator has never been given that still have a free slot
-    (votes + live leases below ``votes_required``; gold items have no cap).
+    (votes + leases below ``votes_required``, both counts on the row: ``Comparison.leased``;
+    gold items have no cap).
 
-    Both conditions are uncorrelated NOT IN subqueries (the annotator's leases; the comparisons
-    of the campaign whose live leases fill them), which PostgreSQL hashes once per statement:
-    a statement over a campaign's comparisons costs about one hash probe per row, whatever the
-    planner's statistics (a correlated NOT EXISTS over fresh, unanalysed tables was planned as a
-    nested loop over every lease of the annotator, per comparison)."""
-    now = now or timezone.now()
+    "Never given" is an uncorrelated NOT IN subquery (the annotator's leases), which PostgreSQL
+    hashes once per statement: a statement over a campaign's comparisons costs about one hash
+    probe per row, whatever the planner's statistics (a correlated NOT EXISTS over fresh,
+    unanalysed tables was planned as a nested loop over every lease of the annotator, per
+    comparison)."""
     qs = Comparison.objects.filter(campaign=campaign, status=Comparison.Status.OPEN, kind=kind).exclude(
         pk__in=Assignment.objects.filter(annotator=annotator).values("comparison_id")
     )
     if kind == Comparison.Kind.NORMAL:
-        full = (
-            Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__gt=now, campaign=campaign)
-            .order_by()
-            .values("comparison_id", "comparison__votes_required", "comparison__vote_count")
-            .annotate(live=Count("pk"))
-            .filter(live__gte=F("comparison__votes_required") - F("comparison__vote_count"))
-            .values("comparison_id")
-        )
-        qs = qs.filter(vote_count__lt=F("votes_required")).exclude(pk__in=full)
+        qs = qs.filter(vote_count__lt=F("votes_required") - F("leased"))
     return qs
 
 
@@ -123,19 +111,19 @@ def _first(qs: QuerySet[Comparison]) -> QuerySet[Comparison]:
     return Comparison.objects.filter(pk__in=qs.order_by("vote_count", "pk").values("pk")[:PROGRESS_COUNT_CAP + 1])
 
 
-def _progress_query(*, campaign, annotator, now, gold: bool):
+def _progress_query(*, campaign, annotator, gold: bool):
     mine = Assignment.objects.filter(annotator=annotator, campaign=campaign)
     counts = {
         "done": _count(mine.filter(state=Assignment.State.DONE)),
         "skipped": _count(mine.filter(state=Assignment.State.SKIPPED)),
-        "normal": _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator, now=now))),
+        "normal": _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator))),
     }
     if gold:
-        counts["gold"] = _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD, now=now)))
+        counts["gold"] = _count(_first(comparisons_open_to(campaign=campaign, annotator=annotator, kind=Comparison.Kind.GOLD)))
     return Campaign.objects.filter(pk=campaign).values_list(*counts.values())
 
 
-_PROGRESS = {gold: Prepared(lambda gold=gold, **inputs: _progress_query(gold=gold, **inputs), campaign=int, annotator=int, now=datetime)
+_PROGRESS = {gold: Prepared(lambda gold=gold, **inputs: _progress_query(gold=gold, **inputs), campaign=int, annotator=int)
              for gold in (False, True)}
 
 
@@ -150,7 +138,7 @@ def annotator_progress(*, campaign: Campaign, annotator: AbstractBaseUser) -> di
     a gold lease and dropped after a normal one. One statement, every count a subquery, compiled
     once (``Prepared``). Above the cap the counter stands still whatever is leased, so it tells no
     more about gold there."""
-    rows = _PROGRESS[campaign.gold_rate > 0].rows(campaign=campaign.pk, annotator=annotator.pk, now=timezone.now())
+    rows = _PROGRESS[campaign.gold_rate > 0].rows(campaign=campaign.pk, annotator=annotator.pk)
     done, skipped, normal, gold = (*(rows[0] if rows else (0, 0, 0)), 0)[:4]  # no row: the campaign is gone
     remaining = normal + gold if normal else 0
     return {"done": done, "skipped": skipped, "remaining": min(remaining, PROGRESS_COUNT_CAP),

@@ -82,3 +82,37 @@ def test_leases_get_their_comparisons_campaign():
                                          expires_at="2026-01-01T00:30Z")
             made[lease.pk] = campaign.pk
     assert dict(Assignment.objects.filter(pk__in=made).values_list("pk", "campaign_id")) == made
+
+
+@pytest.mark.django_db(transaction=True)
+def test_comparisons_count_their_active_leases_and_expired_ones_end():
+    """0013: each comparison's ``leased`` is its live leases; a lease already past its expiry is
+    ended first (expired), so the count and the new overlap check start from the live ones."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from annotation.models import Assignment, Comparison
+
+    now = timezone.now()
+    with migrated_back_to("0012_assignment_campaign") as apps:
+        Campaign, Prompt, Response, Pair, Lease = (
+            apps.get_model("annotation", m) for m in ("Campaign", "Prompt", "Response", "Comparison", "Assignment")
+        )
+        User = apps.get_model("auth", "User")
+        campaign = Campaign.objects.create(slug="m", name="m")
+        prompt = Prompt.objects.create(campaign=campaign, messages=[{"role": "user", "content": "q"}], messages_hash="m")
+        a, b, c = (Response.objects.create(prompt=prompt, text=t, text_hash=t) for t in "abc")
+        # one slot: an expired lease, and the live one that took the slot back
+        full = Pair.objects.create(campaign=campaign, prompt=prompt, response_a=a, response_b=b, votes_required=1)
+        empty = Pair.objects.create(campaign=campaign, prompt=prompt, response_a=a, response_b=c, votes_required=3)
+        users = [User.objects.create(username=f"u{i}") for i in range(3)]
+        stale = Lease.objects.create(comparison=full, campaign=campaign, annotator=users[0], order="ab",
+                                     leased_at=now - timedelta(minutes=30), expires_at=now - timedelta(minutes=15))
+        live = Lease.objects.create(comparison=full, campaign=campaign, annotator=users[1], order="ab",
+                                    leased_at=now, expires_at=now + timedelta(minutes=15))
+        done = Lease.objects.create(comparison=empty, campaign=campaign, annotator=users[2], order="ab", state="done",
+                                    leased_at=now, expires_at=now + timedelta(minutes=15))
+    assert dict(Comparison.objects.filter(pk__in=[full.pk, empty.pk]).values_list("pk", "leased")) == {full.pk: 1, empty.pk: 0}
+    assert dict(Assignment.objects.filter(pk__in=[stale.pk, live.pk, done.pk]).values_list("pk", "state")) == {
+        stale.pk: "expired", live.pk: "active", done.pk: "done"}

@@ -29,6 +29,7 @@ def test_worker_on_redis_and_postgresql_expires_leases(tmp_path):
         comparison=comparison, campaign=comparison.campaign, annotator=UserFactory(), order="ab",
         leased_at=now - timedelta(minutes=30), expires_at=now - timedelta(minutes=15),
     )
+    type(comparison).objects.filter(pk=comparison.pk).update(leased=1)  # as a hand-out counts it
     queue = f"test-{uuid.uuid4().hex[:8]}"
     db = connection.settings_dict
     env = base_env(
@@ -42,6 +43,8 @@ def test_worker_on_redis_and_postgresql_expires_leases(tmp_path):
             timeout=60, what="the worker to expire the lease", log=tmp_path / "worker.log",
         )
     assert "workers.tasks.expire_leases" in (tmp_path / "worker.log").read_text()
+    comparison.refresh_from_db()
+    assert comparison.leased == 0
 
 
 @pytest.mark.django_db(transaction=True)

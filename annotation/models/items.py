@@ -61,6 +61,10 @@ class Comparison(models.Model):
     # Copied from the campaign when created, so that the check constraint below can hold it.
     votes_required = models.PositiveSmallIntegerField()
     vote_count = models.PositiveSmallIntegerField(default=0)
+    # Its leases in state active, kept by every change of a lease's state (``services.assignment``):
+    # with ``vote_count``, whether a slot is free, read on the row. A lease past its expiry counts
+    # until the sweep ends it (every minute, and at once when a hand-out finds nothing else).
+    leased = models.PositiveSmallIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -71,6 +75,11 @@ class Comparison(models.Model):
             models.CheckConstraint(
                 condition=Q(kind="gold") | Q(vote_count__lte=F("votes_required")),
                 name="comparison_votes_within_required",
+            ),
+            # ... counting the slots leased: never more votes and leases than required.
+            models.CheckConstraint(
+                condition=Q(kind="gold") | Q(vote_count__lte=F("votes_required") - F("leased")),
+                name="comparison_slots_within_required",
             ),
             models.CheckConstraint(
                 condition=Q(kind="normal", gold_answer="") | (Q(kind="gold") & ~Q(gold_answer="")),
@@ -102,8 +111,8 @@ class Assignment(models.Model):
     # lease, vote and skip: a lease's state is indexed, so its updates touch every index)
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments", db_index=False)
     # The comparison's campaign, copied when the lease is made (its one writer: the hand-out's
-    # INSERT ... SELECT): a campaign's live leases are read by an index of their own on every
-    # hand-out, not by joining every live lease of every campaign.
+    # INSERT ... SELECT): an annotator's lease held in a campaign, and a campaign's leases past
+    # their expiry, are read by an index of their own (assignment_active_idx).
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="+", editable=False)
     annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
     order = models.CharField(max_length=2, choices=Order.choices)
@@ -120,8 +129,9 @@ class Assignment(models.Model):
             models.CheckConstraint(condition=Q(expires_at__gt=F("leased_at")), name="assignment_expiry_after_lease"),
         ]
         indexes = [
-            # A campaign's live leases alone (few, whatever its history): which comparisons they fill.
-            models.Index(fields=["campaign", "expires_at", "comparison"], condition=Q(state="active"), name="assignment_live_idx"),
+            # Active leases alone (few, whatever the history): the one an annotator holds in a
+            # campaign (every hand-out asks), a campaign's past their expiry (the sweep).
+            models.Index(fields=["campaign", "annotator", "expires_at"], condition=Q(state="active"), name="assignment_active_idx"),
         ]
 
 

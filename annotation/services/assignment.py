@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import random
 import secrets
+from collections import Counter
 from datetime import datetime, timedelta
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, DateTimeField, Exists, F, IntegerField, OuterRef, Q, Subquery, TextField, Value
+from django.db.models import BigIntegerField, DateTimeField, Exists, F, IntegerField, OuterRef, Q, QuerySet, Subquery, TextField, Value
 from django.utils import timezone
 
 from annotation.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -80,7 +81,11 @@ def assignment_next(
             raise NotFound(f"No campaign '{campaign.slug}'.")
         if not campaign.is_active:
             raise Conflict(f"Campaign '{campaign.slug}' is not active.")
-        return _lease(campaign=campaign, annotator=annotator, now=now)
+        lease = _lease(campaign=campaign, annotator=annotator, now=now)
+        if lease is None and assignments_expire(now=now, campaign=campaign):
+            # slots held by leases past their expiry: given back now rather than at the next sweep
+            lease = _lease(campaign=campaign, annotator=annotator, now=now)
+        return lease
 
 
 def _held_lease(*, campaign, annotator, now) -> Assignment | None:
@@ -128,11 +133,11 @@ def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_
     that lock before us committed (the locking statement's own snapshot predates its wait).
     ``vote_count`` and ``status`` are as of the statement's snapshot: ``_lease_insert`` re-checks."""
     kind = Comparison.Kind.NORMAL if beside is None else Comparison.Kind.GOLD
-    qs = comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
+    qs = comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind)
     if exclude:
         qs = qs.exclude(pk__in=exclude)
     if beside is not None:
-        qs = qs.filter(Exists(comparisons_open_to(campaign=campaign, annotator=annotator, now=now).filter(pk=beside)))
+        qs = qs.filter(Exists(comparisons_open_to(campaign=campaign, annotator=annotator).filter(pk=beside)))
     locked = qs.order_by("vote_count", "pk").values("pk")[:1].select_for_update(skip_locked=skip_locked, of=("self",))
     guideline = GuidelineVersion.objects.filter(campaign=OuterRef("campaign")).order_by("-version")[:1]
     return Comparison.objects.filter(pk__in=Subquery(locked)).annotate(
@@ -200,13 +205,19 @@ def _insert_query(*, campaign, annotator, now, comparison, order, guideline, exp
         "state": Value(Assignment.State.ACTIVE), "guideline_version_id": Value(guideline, BigIntegerField()),
         "leased_at": Value(now, DateTimeField()), "expires_at": Value(expires_at, DateTimeField()), "skip_reason": Value(""),
     }
-    select = (comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind, now=now)
+    select = (comparisons_open_to(campaign=campaign, annotator=annotator, kind=kind)
               .filter(pk=comparison).order_by().annotate(**{f"v_{k}": v for k, v in values.items()})
               .values_list(*(f"v_{k}" for k in values)))
     qn = connection.ops.quote_name
     # ON CONFLICT: a second tab of a reviewer or admin (no membership row to serialise on) won the race.
-    return select, (f"INSERT INTO {qn(Assignment._meta.db_table)} ({', '.join(qn(c) for c in _LEASE_COLUMNS)}) {{select}} "
-                    f"ON CONFLICT DO NOTHING RETURNING {qn('id')}")
+    insert = (f"INSERT INTO {qn(Assignment._meta.db_table)} ({', '.join(qn(c) for c in _LEASE_COLUMNS)}) {{select}} "
+              f"ON CONFLICT DO NOTHING RETURNING {qn('id')}, {qn('comparison_id')}")
+    if connection.vendor != "postgresql":  # SQLite cannot modify rows in a WITH: ``_lease_insert`` counts the slot
+        return select, insert
+    # the slot counted in the same statement (the comparison's row is ours: locked by the candidate's)
+    table = qn(Comparison._meta.db_table)
+    return select, (f"WITH lease AS ({insert}), slot AS (UPDATE {table} SET {qn('leased')} = {qn('leased')} + 1 FROM lease "
+                    f"WHERE {table}.{qn('id')} = lease.{qn('comparison_id')}) SELECT {qn('id')}, {qn('comparison_id')} FROM lease")
 
 
 _INSERTS = {
@@ -225,6 +236,8 @@ def _lease_insert(*, campaign, annotator, comparison: Comparison, now: datetime)
                                           order=order, guideline=guideline.pk if guideline else None, expires_at=expires_at)
     if not rows:
         return None
+    if connection.vendor != "postgresql":
+        Comparison.objects.filter(pk=comparison.pk).update(leased=F("leased") + 1)
     lease = instance(Assignment, id=rows[0][0], comparison_id=comparison.pk, campaign_id=campaign.pk, annotator_id=annotator.pk, order=order,
                      state=Assignment.State.ACTIVE, guideline_version_id=guideline.pk if guideline else None, leased_at=now,
                      expires_at=expires_at, skip_reason="")
@@ -232,12 +245,32 @@ def _lease_insert(*, campaign, annotator, comparison: Comparison, now: datetime)
     return lease
 
 
-def assignments_expire(*, now: datetime | None = None) -> int:
-    """Mark leases past their expiry as expired (housekeeping; expiry is already honoured by time)."""
-    now = now or timezone.now()
-    return Assignment.objects.filter(state=Assignment.State.ACTIVE, expires_at__lte=now).update(
-        state=Assignment.State.EXPIRED
-    )
+def assignments_expire(*, now: datetime | None = None, campaign: Campaign | None = None) -> int:
+    """End the leases past their expiry (of ``campaign``, or of all): their slots come back
+    (``Comparison.leased``). Every minute (beat), and when a hand-out finds nothing else. A lease
+    locked by its vote or skip in progress is left to it. Returns how many ended."""
+    leases = Assignment.objects.filter(expires_at__lte=now or timezone.now())
+    return leases_end(leases=leases if campaign is None else leases.filter(campaign=campaign), state=Assignment.State.EXPIRED,
+                      skip_locked=True)
+
+
+def leases_end(*, leases: QuerySet[Assignment], state: str, skip_locked: bool = False) -> int:
+    """End the active leases among ``leases`` (``state``: expired, when swept or their annotator
+    left the campaign) and give their slots back: each comparison's ``leased`` drops with them, in
+    one transaction. ``skip_locked``: leave the leases that a vote or skip is ending right now to it
+    (the sweep; a removal waits for them). Returns how many ended."""
+    with transaction.atomic():
+        ended = list(leases.filter(state=Assignment.State.ACTIVE).order_by("pk").select_for_update(skip_locked=skip_locked, of=("self",))
+                     .values_list("pk", "comparison_id"))
+        if not ended:
+            return 0
+        Assignment.objects.filter(pk__in=[pk for pk, _ in ended]).update(state=state)
+        by_count: dict[int, list[int]] = {}  # leases ended -> the comparisons that lost that many
+        for comparison_id, n in Counter(c for _, c in ended).items():
+            by_count.setdefault(n, []).append(comparison_id)
+        for n, comparisons in by_count.items():
+            Comparison.objects.filter(pk__in=comparisons).update(leased=F("leased") - n)
+    return len(ended)
 
 
 # The lease, its comparison and campaign, and whether the annotator is (still) a member.
@@ -290,4 +323,5 @@ def assignment_skip(*, annotator: AbstractBaseUser, assignment_id: int, reason: 
         assignment.state = Assignment.State.SKIPPED
         assignment.skip_reason = reason
         assignment.save(update_fields=["state", "skip_reason"])
+        Comparison.objects.filter(pk=assignment.comparison_id).update(leased=F("leased") - 1)  # its row is locked with the lease
     return assignment

@@ -12,6 +12,7 @@ from django.db import transaction
 
 from annotation.access import sees_every_campaign
 from annotation.models import Assignment, AuditEvent, Campaign, CampaignMembership
+from annotation.services.assignment import leases_end
 from annotation.services.audit import audit_record
 
 
@@ -45,9 +46,7 @@ def campaign_members_remove(*, campaign: Campaign, users: Iterable[AbstractBaseU
     with transaction.atomic():
         removed, _ = CampaignMembership.objects.filter(campaign=campaign, user__in=users).delete()
         locked_out = [user.pk for user in users if not sees_every_campaign(user)]
-        Assignment.objects.filter(
-            campaign=campaign, annotator_id__in=locked_out, state=Assignment.State.ACTIVE
-        ).update(state=Assignment.State.EXPIRED)
+        leases_end(leases=Assignment.objects.filter(campaign=campaign, annotator_id__in=locked_out), state=Assignment.State.EXPIRED)
         if removed:
             audit_record(actor=removed_by, action=AuditEvent.Action.MEMBERS_REMOVE, campaign=campaign,
                          target=", ".join(u.get_username() for u in users), details={"users": [u.pk for u in users]})

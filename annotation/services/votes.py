@@ -98,8 +98,10 @@ def vote_submit(
             created_at=timezone.now(),  # (what auto_now_add sets)
         )
         assignment.state = Assignment.State.DONE
-        # The comparison row is locked: its count is exact, no read-back needed.
+        # The comparison row is locked: its counts are exact, no read-back needed. The lease, active
+        # until now, becomes the vote: its slot stays taken.
         comparison.vote_count += 1
+        comparison.leased -= 1
         complete = comparison.kind == Comparison.Kind.NORMAL and comparison.vote_count >= comparison.votes_required
         if complete:
             comparison.status, comparison.completed_at = Comparison.Status.COMPLETE, now
@@ -109,10 +111,10 @@ def vote_submit(
 
 
 _VOTE_COLUMNS = [f.attname for f in Vote._meta.concrete_fields if not f.primary_key]
-_COUNTS = ("vote_count", "status", "completed_at")  # what a vote changes on its comparison
+_COUNTS = ("vote_count", "leased", "status", "completed_at")  # what a vote changes on its comparison
 
 
-def _write_query(*, assignment, choice, strength, rationale, seconds_spent, is_gold_correct, created_at, vote_count, status,
+def _write_query(*, assignment, choice, strength, rationale, seconds_spent, is_gold_correct, created_at, vote_count, leased, status,
                  completed_at):
     """PostgreSQL: the vote's row, its lease done and its comparison's counts in one statement. The
     values are one row selected from the lease (``s``): the vote's columns (``v_*``), the lease's
@@ -123,7 +125,9 @@ def _write_query(*, assignment, choice, strength, rationale, seconds_spent, is_g
             "seconds_spent": Cast(Value(seconds_spent), FloatField()), "is_gold_correct": Cast(Value(is_gold_correct), BooleanField()),
             "judge_details": Value({}, JSONField()), "created_at": Value(created_at, DateTimeField())}
     assert list(vote) == _VOTE_COLUMNS, "a Vote column without a value here"
-    counts = {"vote_count": Value(vote_count), "status": Value(status), "completed_at": Cast(Value(completed_at), DateTimeField())}
+    counts = {"vote_count": Value(vote_count), "leased": Value(leased), "status": Value(status),
+              "completed_at": Cast(Value(completed_at), DateTimeField())}
+    assert list(counts) == list(_COUNTS)
     select = Assignment.objects.filter(pk=assignment).annotate(
         **{f"v_{k}": v for k, v in vote.items()}, a_state=Value(Assignment.State.DONE), **{f"c_{k}": v for k, v in counts.items()},
     ).values_list(*(f"v_{k}" for k in vote), "a_state", *(f"c_{k}" for k in counts))
@@ -140,7 +144,7 @@ def _write_query(*, assignment, choice, strength, rationale, seconds_spent, is_g
 
 
 _WRITE = Prepared(_write_query, assignment=int, choice=str, strength=str, rationale=str, seconds_spent=float, is_gold_correct=bool,
-                  created_at=datetime, vote_count=int, status=str, completed_at=datetime)
+                  created_at=datetime, vote_count=int, leased=int, status=str, completed_at=datetime)
 
 
 def _vote_store(*, vote: Vote, assignment: Assignment, comparison: Comparison) -> None:
@@ -154,7 +158,8 @@ def _vote_store(*, vote: Vote, assignment: Assignment, comparison: Comparison) -
         return
     rows = _WRITE.rows(assignment=assignment.pk, choice=vote.choice, strength=vote.strength, rationale=vote.rationale,
                        seconds_spent=vote.seconds_spent, is_gold_correct=vote.is_gold_correct, created_at=vote.created_at,
-                       vote_count=comparison.vote_count, status=comparison.status, completed_at=comparison.completed_at)
+                       vote_count=comparison.vote_count, leased=comparison.leased, status=comparison.status,
+                       completed_at=comparison.completed_at)
     vote.pk = rows[0][0]
     vote._state.adding, vote._state.db = False, connection.alias
 
