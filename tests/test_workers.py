@@ -119,6 +119,7 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path, tiny_policy):
             " skip_reason) values (?, ?, ?, 'ab', 'active', '2020-01-01 00:00:00', '2020-01-01 00:15:00', '')",
             (comparison_id, campaign_id, user_id),
         )
+        con.execute("update annotation_comparison set leased = leased + 1 where id = ?", (comparison_id,))  # as a hand-out counts it
     assert comparisons == 52 and provenance == 4
 
     port = free_port()
@@ -133,6 +134,8 @@ def test_embedded_default_sqlite_filesystem_transport(tmp_path, tiny_policy):
                 return con.execute("select state from annotation_assignment").fetchone()[0] == "expired"
 
         wait_for(expired, timeout=60, what="the embedded worker to run the task", log=tmp_path / "worker.log")
+        with sqlite3.connect(db) as con:  # its slot given back
+            assert con.execute("select leased from annotation_comparison where id = ?", (comparison_id,)).fetchone()[0] == 0
         login = urllib.request.urlopen(f"http://127.0.0.1:{port}/accounts/login/", timeout=10).read().decode()
         assert "Log in" in login
         js = urllib.request.urlopen(f"http://127.0.0.1:{port}/static/annotation/annotate.js", timeout=10).read().decode()

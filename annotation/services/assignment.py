@@ -63,8 +63,9 @@ def assignment_next(
 ) -> Assignment | None:
     """Lease the next comparison of ``campaign`` to ``annotator``, or None when nothing is left.
 
-    Fewest votes first; never the same comparison twice to one annotator; never more live
-    leases + votes than ``votes_required``; gold items mixed in at the campaign's gold rate while
+    Fewest votes first; never the same comparison twice to one annotator; never more votes +
+    active leases than ``votes_required`` (both counted on the comparison: ``Comparison.leased``,
+    kept by every change of a lease's state here, in ``votes`` and ``members``); gold items mixed in at the campaign's gold rate while
     a normal item is open to the annotator (their progress counts both: ``annotator_progress``).
     Only a campaign's members (and reviewers and admins) work in it; the membership is checked
     and locked inside the lease's transaction.
@@ -73,6 +74,16 @@ def assignment_next(
     (settings), so hand-outs are serialised.
     """
     now = now or timezone.now()
+    lease = _hand_out(campaign=campaign, annotator=annotator, now=now)
+    # Nothing free: slots held by leases past their expiry come back now rather than at the next
+    # sweep. In a transaction of its own, after the hand-out's: no lock of the hand-out is held
+    # while the sweep waits for the comparisons' rows.
+    if lease is None and assignments_expire(now=now, campaign=campaign):
+        lease = _hand_out(campaign=campaign, annotator=annotator, now=now)
+    return lease
+
+
+def _hand_out(*, campaign: Campaign, annotator: AbstractBaseUser, now: datetime) -> Assignment | None:
     staff = sees_every_campaign(annotator)
     with transaction.atomic():
         if not staff and not _MEMBER_LOCK.rows(campaign=campaign.pk, annotator=annotator.pk):
@@ -81,11 +92,7 @@ def assignment_next(
             raise NotFound(f"No campaign '{campaign.slug}'.")
         if not campaign.is_active:
             raise Conflict(f"Campaign '{campaign.slug}' is not active.")
-        lease = _lease(campaign=campaign, annotator=annotator, now=now)
-        if lease is None and assignments_expire(now=now, campaign=campaign):
-            # slots held by leases past their expiry: given back now rather than at the next sweep
-            lease = _lease(campaign=campaign, annotator=annotator, now=now)
-        return lease
+        return _lease(campaign=campaign, annotator=annotator, now=now)
 
 
 def _held_lease(*, campaign, annotator, now) -> Assignment | None:
