@@ -2,7 +2,8 @@
 restarted, a Celery worker SIGKILLed in the middle of ``sample_pairs`` and of a training run,
 all during a zero-think-time load over real HTTP (``annotator_load.py``'s server and locust
 users, who retry after an error as a person would). Afterwards: acknowledged votes lost (must
-be 0), duplicates (0), comparisons over their overlap (0), and for each fault how long until
+be 0), duplicates (0), comparisons over their overlap (0), comparisons whose count of active
+leases is wrong (0), and for each fault how long until
 annotators completed a cycle again (the Celery faults: until sampling, and training, work
 again; ``celery_faults.py`` says how and what it checks).
 
@@ -18,7 +19,7 @@ else uses them. ``--only celery`` restarts neither: it starts its own Celery wor
 kombu's queue keys on that broker database before and after. The load runs ``--seconds`` for
 the web scenarios plus ``--celery-seconds`` for the Celery ones.
 
-Last line: ``RESULT lost_votes=0 duplicates=0 over_overlap=0 recovery_s_max=... errors=...``
+Last line: ``RESULT lost_votes=0 duplicates=0 over_overlap=0 leased_miscounted=0 recovery_s_max=... errors=...``
 (with the Celery scenarios also ``celery_refill_recovery_s=... training_recovery_s=...
 training_restart_s=... stuck=0 celery_duplicates=0 celery_partial_pairs=0``).
 """
@@ -176,9 +177,11 @@ def main() -> None:
         print(line, flush=True)
     print(f"{result.get('cycles', 0)} cycles in {result.get('elapsed_s', 0):.0f} s, {result.get('n_errors', 0)} errors seen by "
           f"annotators (retried); stored {c['stored']}, acknowledged {c['acknowledged']}, acknowledged but lost {c['lost']}, "
-          f"stored without an answer {c['unacknowledged_stored']}, over overlap {c['over_overlap']}, duplicates {c['duplicates']}; "
+          f"stored without an answer {c['unacknowledged_stored']}, over overlap {c['over_overlap']}, duplicates {c['duplicates']}, "
+          f"comparisons whose count of active leases is wrong {c['leased_miscounted']}; "
           f"first errors: {result.get('errors', [])[:3]}", flush=True)
-    fields = {"lost_votes": c["lost"], "duplicates": c["duplicates"], "over_overlap": c["over_overlap"]}
+    fields = {"lost_votes": c["lost"], "duplicates": c["duplicates"], "over_overlap": c["over_overlap"],
+              "leased_miscounted": c["leased_miscounted"]}
     if faults:
         fields["recovery_s_max"] = round(max(s for _, s in faults), 2)
     fields.update(errors=result.get("n_errors", 0), unacknowledged_stored=c["unacknowledged_stored"], **celery_fields)

@@ -216,7 +216,7 @@ def make_run(n_users: int, n_comparisons: int) -> tuple[str, list[str]]:
 
 
 def check(slug: str, acknowledged: list[int]) -> dict:
-    from django.db.models import Count
+    from django.db.models import Count, F, Q
 
     from annotation.models import Comparison, Vote
 
@@ -224,8 +224,12 @@ def check(slug: str, acknowledged: list[int]) -> dict:
     stored = set(votes.values_list("pk", flat=True))
     over = Comparison.objects.filter(campaign__slug=slug).annotate(n=Count("votes")).filter(n__gt=3).count()
     dups = votes.values("comparison", "annotator").annotate(n=Count("pk")).filter(n__gt=1).count()
+    # each comparison's count of active leases (what "full" reads) against its leases
+    miscounted = (Comparison.objects.filter(campaign__slug=slug).annotate(active=Count("assignments", filter=Q(assignments__state="active")))
+                  .exclude(leased=F("active")).count())
     return {"stored": len(stored), "acknowledged": len(acknowledged), "lost": len(set(acknowledged) - stored),
-            "unacknowledged_stored": len(stored - set(acknowledged)), "over_overlap": over, "duplicates": dups}
+            "unacknowledged_stored": len(stored - set(acknowledged)), "over_overlap": over, "duplicates": dups,
+            "leased_miscounted": miscounted}
 
 
 def server(args, port: int, db_url: str, log: Path):
@@ -317,7 +321,7 @@ def main() -> None:
                 calls = "  ".join(f"{name} {st['p50']:.0f}/{st['p95']:.0f}/{st['p99']:.0f} ms" for name, st in r["calls"].items())
                 print(f"{label:<16} {rate:7.1f} cycles/s  p50/p95/p99: {calls}  errors {r['n_errors']}  stored {c['stored']} = "
                       f"acknowledged {c['acknowledged']}: {c['lost'] == 0 and c['unacknowledged_stored'] == 0}  over overlap "
-                      f"{c['over_overlap']}  duplicates {c['duplicates']}" + (f"  first errors {r['errors'][:2]}" if r["errors"] else ""),
+                      f"{c['over_overlap']}  duplicates {c['duplicates']}  leases miscounted {c['leased_miscounted']}" + (f"  first errors {r['errors'][:2]}" if r["errors"] else ""),
                       flush=True)
                 key = f"n{n}" + ("_paced" if pace else "")
                 fields[f"cycles_per_s_{key}"] = round(rate, 1)
