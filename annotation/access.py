@@ -6,7 +6,6 @@ members of (``CampaignMembership``), and they lease, vote and skip only there. R
 
 from __future__ import annotations
 
-
 from django.contrib.auth import backends, get_user_model
 from django.contrib.auth.models import AbstractBaseUser, Permission
 from django.db.models import Exists, F, Func, IntegerField, OuterRef, Q, QuerySet, Subquery
