@@ -82,7 +82,7 @@ def test_token_authentication_reads_the_same_permissions_as_the_backend(db):
     reviewer = roles.user_create(username="rev", password="pw-123-long-enough", role=roles.REVIEWER)
     reviewer.user_permissions.add(Permission.objects.get(codename="delete_campaign"))  # one of their own beside the group's
     extra = Group.objects.create(name="extra")
-    extra.permissions.add(Permission.objects.get(codename="view_trainingrun"))
+    extra.permissions.add(Permission.objects.get(codename="manage_training"))  # not a reviewer's
     reviewer.groups.add(extra)
     plain = get_user_model().objects.create_user("plain", password="pw-123-long-enough")  # no group, no permission
     for user in (reviewer, plain):
@@ -90,8 +90,8 @@ def test_token_authentication_reads_the_same_permissions_as_the_backend(db):
         authed = via_token(user)
         assert authed._perm_cache == expected  # read by the token's statement: the backend asks nothing more
         assert authed.has_perm("annotation.delete_campaign") == (user is reviewer)
-        assert authed.has_perm("annotation.view_trainingrun") == (user is reviewer)
-        assert not authed.has_perm("annotation.manage_training")
+        assert authed.has_perm("annotation.manage_training") == (user is reviewer)  # from the extra group
+        assert not authed.has_perm("annotation.change_campaign")
     assert via_token(reviewer).has_perm("annotation.review_votes")  # their role's group
 
     boss = get_user_model().objects.create_superuser("boss", password="pw-123-long-enough")
