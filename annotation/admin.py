@@ -248,7 +248,7 @@ class ResponseAdmin(ReadOnlyAdmin):
 
 @admin.register(Comparison)
 class ComparisonAdmin(ReadOnlyAdmin):
-    list_display = ("id", "campaign", "kind", "status", "vote_count", "votes_required", "created_at")
+    list_display = ("id", "campaign", "kind", "status", "vote_count", "leased", "votes_required", "created_at")
     list_filter = ("campaign", "kind", "status")
 
 
