@@ -1,6 +1,7 @@
 """Annotators over real HTTP against the production server on PostgreSQL: next + vote cycles/s,
 per-call latency percentiles, errors, and after every run the check that the database holds
-exactly the acknowledged votes (no duplicates, no comparison over its overlap).
+exactly the acknowledged votes (no duplicates, no comparison over its overlap, each comparison's
+count of active leases equal to its active leases).
 
 - Server: gunicorn as docker-compose runs it (``webapp.wsgi``, production settings, the pool of
   PREFLOOP_DB_POOL_SIZE connections per process; ``--workers 4 --worker-class gthread --threads 4``
@@ -14,9 +15,13 @@ exactly the acknowledged votes (no duplicates, no comparison over its overlap).
 
     python benchmarks/annotator_load.py [--quick] [--users 1,10,50,100] [--comparisons 2000]
         [--pace-users 1000 --pace 5] [--worker-class sync|gthread] [--workers 4] [--threads 4] [--combined]
-        [--db postgres://postgres@127.0.0.1:5432/prefloop_load]
+        [--db postgres://postgres@127.0.0.1:5432/prefloop_load] [--floor]
 
-Last line: ``RESULT cycles_per_s_n1=... cycles_per_s_n100=... errors=... lost_votes=...``.
+``--floor``: after the runs, the server's floor at the largest N (requests/s of calls that do
+none of our work: ``FLOORS``), which bounds cycles/s from above.
+
+Last line: ``RESULT cycles_per_s_n1=... cycles_per_s_n100=... [floor_django_requests_per_s=...
+floor_drf_requests_per_s=...] errors=... lost_votes=...``.
 """
 
 from __future__ import annotations
@@ -132,7 +137,7 @@ def child(host: str, tokens_file: str, slug: str, max_seconds: float, pace: floa
 FLOORS = {
     # Django's middleware and URL resolver, the JSON 404 of an unknown API path: no DRF, no database
     "django": ("/api/no-such-endpoint/", False),
-    # what a vote does before it reads its lease: DRF, token authentication (one query),
+    # what a vote does before it reads its lease: DRF, token authentication with the user's
     # permissions (one query), the rate limit (Redis), the body's validation: {} is a 400
     "drf": ("/api/assignments/1/vote/", True),
 }
@@ -275,8 +280,9 @@ def main() -> None:
     ap.add_argument("--combined", action="store_true",
                     help="one request per cycle: each vote asks for the next lease (\"next\": true)")
     ap.add_argument("--floor", action="store_true",
-                    help="also measure the server's floor at the largest N: requests/s of calls that do no work (JSON 404s: "
-                    "Django alone; Django, DRF and a token), the most cycles/s could reach")
+                    help="also measure the server's floor at the largest N: requests/s of calls that do no work of ours (a "
+                    "JSON 404 through Django alone; a vote refused at validation through DRF with a token), the most "
+                    "cycles/s could reach")
     ap.add_argument("--floor-child", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     harness.add_arguments(ap, repeats=1)
