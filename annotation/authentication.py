@@ -20,14 +20,14 @@ from annotation.prepared import Prepared, columns, instances
 def _token_query(key):
     from annotation.access import permissions_of  # (access imports DRF, whose settings import this module)
 
-    qs = Token.objects.filter(key=key)
+    qs, perms = Token.objects.filter(key=key), []
     if connection.vendor == "postgresql":  # an array of a subquery: PostgreSQL's; elsewhere the backend asks
         from django.contrib.postgres.expressions import ArraySubquery
 
         names = permissions_of(OuterRef(OuterRef("user_id"))).order_by().values(
             perm=Concat("content_type__app_label", Value("."), "codename", output_field=CharField()))
-        qs = qs.annotate(perms=ArraySubquery(names))
-    return qs.values_list(*columns(Token), *columns(get_user_model(), "user__"), *(["perms"] if connection.vendor == "postgresql" else []))
+        qs, perms = qs.annotate(perms=ArraySubquery(names)), ["perms"]
+    return qs.values_list(*columns(Token), *columns(get_user_model(), "user__"), *perms)
 
 
 _TOKEN = Prepared(_token_query, key=str)

@@ -8,10 +8,11 @@ limit is not applied (fail open): an annotator's vote matters more than the limi
 
 On Redis the count is a fixed window, one counter per user and scope: the first call of a window
 sets it to expire after the rate's duration, every call adds one, all in one round trip
-(MULTI / EXEC), on a client kept per thread. DRF's own throttle keeps a sliding window as a list of every call's time, read
-and written whole (two round trips, and a list as long as the rate) on every call: 2.0 ms a
-call under cProfile at zero think time, the largest part of DRF's checks (issue 13). A fixed window lets a burst
-of up to twice the rate through across a window's edge; a person is far below either.
+(MULTI / EXEC), on a client kept per thread. DRF's own throttle keeps a sliding window as a
+list of every call's time, read and written whole (two round trips, and a list as long as the
+rate) on every call: 2.0 ms a call under cProfile at zero think time, the largest part of DRF's
+checks (issue 13). A fixed window lets a burst of up to twice the rate through across a window's
+edge; a person is far below either.
 Elsewhere (the embedded default's in-process cache) DRF's sliding window stays."""
 
 from __future__ import annotations

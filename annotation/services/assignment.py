@@ -151,16 +151,19 @@ def _candidate_query(*, campaign, annotator, now, exclude=(), beside=None, skip_
         guideline_id=Subquery(guideline.values("pk"), output_field=IntegerField()),
         guideline_number=Subquery(guideline.values("version"), output_field=IntegerField()),
         guideline_text=Subquery(guideline.values("text"), output_field=TextField()),
-        held=Subquery(_held(campaign=campaign, annotator=annotator, now=now).values("pk")[:1], output_field=BigIntegerField()),
+        # asked on a hand-out's first try only (``_lock_candidate``): not beside gold, not after a race lost
+        held=Subquery(_held(campaign=campaign, annotator=annotator, now=now).values("pk")[:1], output_field=BigIntegerField())
+        if beside is None and not exclude else Value(None, BigIntegerField()),
     ).values_list(*_CANDIDATE)[:1]
 
 
 _CANDIDATES = {
     (gold, skip): Prepared(
-        (lambda campaign, annotator, now, beside, skip=skip: _candidate_query(
-            campaign=campaign, annotator=annotator, now=now, beside=beside, skip_locked=skip)) if gold else
+        # gold: no lease held is asked beside it, so no clock
+        (lambda campaign, annotator, beside, skip=skip: _candidate_query(
+            campaign=campaign, annotator=annotator, now=None, beside=beside, skip_locked=skip)) if gold else
         (lambda campaign, annotator, now, skip=skip: _candidate_query(campaign=campaign, annotator=annotator, now=now, skip_locked=skip)),
-        campaign=int, annotator=int, now=datetime, **({"beside": int} if gold else {}),
+        campaign=int, annotator=int, **({"beside": int} if gold else {"now": datetime}),
     )
     for gold in (False, True) for skip in (True, False)
 }
